@@ -1,0 +1,25 @@
+.PHONY: run test bench services-up services-down clean
+
+## Serve the dashboard on http://127.0.0.1:8000 (SQLite, eager tasks, Stripe simulator).
+run:
+	@scripts/run.sh
+
+## Whole pytest suite against a throwaway MariaDB + Redis (+ Celery worker, simulator, Chromium).
+test:
+	@scripts/test.sh $(PYTEST_ARGS)
+
+## Benchmarks (figures printed, never asserted in the suite). `make bench soak` for the soak mode.
+bench:
+	@scripts/bench.sh $(filter-out bench,$(MAKECMDGOALS))
+
+soak:
+	@:
+
+services-up:
+	@scripts/bootstrap.sh test && scripts/services.sh start
+
+services-down:
+	@scripts/services.sh stop
+
+clean:
+	rm -rf .local test-artifacts

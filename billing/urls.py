@@ -1,0 +1,7 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("settings/billing", views.dashboard, name="billing-dashboard"),
+]

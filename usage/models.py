@@ -1,0 +1,1 @@
+"""Models for the usage app (see ../shared/DESIGN.md)."""
