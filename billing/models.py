@@ -1,1 +1,0 @@
-"""Models for the billing app (see ../shared/DESIGN.md)."""

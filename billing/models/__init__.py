@@ -1,0 +1,8 @@
+"""Billing models, split by concern. Each submodule's models are re-exported here.
+
+balance.py       CreditBalance (per-org cache of the current period)       — credit engine
+subscriptions.py Subscription                                              — Stripe subscriptions
+webhooks.py      WebhookEvent                                              — Stripe webhooks
+invoices.py      Invoice                                                   — Stripe webhooks
+purchases.py     CreditPurchase                                            — top-ups
+"""

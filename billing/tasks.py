@@ -1,0 +1,22 @@
+"""Billing Celery tasks. Tasks take ids, call one service, retry with backoff, and are idempotent."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from organizations.models import Organization
+
+from .emails import email_send_to_org_admins
+
+logger = logging.getLogger("billing.tasks")
+
+
+@shared_task(bind=True, autoretry_for=(ConnectionError, TimeoutError, OSError), retry_backoff=True,
+             retry_backoff_max=300, max_retries=5)
+def send_org_admin_email(self, organization_id: str, kind: str, context: dict) -> int:
+    org = Organization.objects.filter(pk=organization_id).first()
+    if org is None:
+        logger.warning("email %s for missing org %s dropped", kind, organization_id)
+        return 0
+    return email_send_to_org_admins(organization=org, kind=kind, context=context)
