@@ -6,3 +6,4 @@ webhooks.py      WebhookEvent                                              — S
 invoices.py      Invoice                                                   — Stripe webhooks
 purchases.py     CreditPurchase                                            — top-ups
 """
+from .subscriptions import *  # noqa: E402,F401,F403
