@@ -7,3 +7,5 @@ invoices.py      Invoice                                                   — S
 purchases.py     CreditPurchase                                            — top-ups
 """
 from .subscriptions import *  # noqa: E402,F401,F403
+from .webhooks import *  # noqa: E402,F401,F403
+from .invoices import *  # noqa: E402,F401,F403
