@@ -6,6 +6,8 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
+pytest_plugins = ["tests.celery_fixtures"]
+
 
 @pytest.fixture
 def now() -> dt.datetime:
