@@ -1,0 +1,27 @@
+"""One object of every model registered in the admin, for the admin render tests."""
+from __future__ import annotations
+
+import datetime as dt
+
+from billing.models import Invoice, Subscription, WebhookEvent
+from organizations.models import ApiKey, Membership
+from organizations.tests.factories import MembershipFactory, OrganizationFactory
+
+
+def make_one_of_each(*, now: dt.datetime) -> list:
+    org = OrganizationFactory(name="Admin Org", slug="admin-org", stripe_customer_id="cus_admin_1")
+    membership = MembershipFactory(organization=org)
+    key = ApiKey.objects.create(organization=org, name="ci", prefix="adminpfx", secret_hash="0" * 64,
+                                created_at=now)
+    sub = Subscription.objects.create(
+        organization=org, stripe_subscription_id="sub_admin_1", stripe_customer_id="cus_admin_1",
+        stripe_price_id="price_pro", plan_tier="pro", status="active", current_period_start=now,
+        current_period_end=now + dt.timedelta(days=30), created_at=now, updated_at=now)
+    invoice = Invoice.objects.create(
+        stripe_invoice_id="in_admin_1", organization=org, subscription=sub, amount_due_cents=9900,
+        amount_paid_cents=9900, status="paid", created_at=now, updated_at=now)
+    event = WebhookEvent.objects.create(
+        stripe_event_id="evt_admin_1", type="invoice.paid", payload={"id": "evt_admin_1"}, status="failed",
+        error="boom", received_at=now)
+    objs = [org, membership, key, sub, invoice, event]
+    return objs
