@@ -4,4 +4,5 @@ from . import views
 
 urlpatterns = [
     path("settings/billing", views.dashboard, name="billing-dashboard"),
+    path("billing", views.plans, name="billing-plans"),
 ]

@@ -1,11 +1,18 @@
+"""Billing pages (server-rendered). Thin: resolve the org, build the context in page_context, render."""
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 
 from organizations.access import org_view
+
+from .page_context import dashboard_context, plan_picker_context
 
 
 @org_view()
 def dashboard(request: HttpRequest, membership) -> HttpResponse:
-    # Placeholder until the dashboard issue: proves login + org resolution end to end.
-    return render(request, "billing/dashboard_placeholder.html",
-                  {"org": membership.organization, "membership": membership})
+    return render(request, "billing/dashboard.html", dashboard_context(membership=membership, now=timezone.now()))
+
+
+@org_view()
+def plans(request: HttpRequest, membership) -> HttpResponse:
+    return render(request, "billing/plans.html", plan_picker_context(membership=membership, now=timezone.now()))

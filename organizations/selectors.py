@@ -48,3 +48,11 @@ def organization_get(*, org_ref: str) -> Organization:
     if org is None:
         raise NotFound("organization not found", code="ORG_NOT_FOUND")
     return org
+
+
+def api_keys_for_org(*, organization: Organization) -> QuerySet:
+    """The org's API keys, newest first, active before revoked (for the API keys page)."""
+    from .models import ApiKey  # noqa: PLC0415
+
+    return ApiKey.objects.filter(organization=organization).select_related("created_by").order_by(
+        "revoked_at", "-created_at")

@@ -1,0 +1,362 @@
+"""Page contexts for the billing pages (dashboard, plan picker): all the arithmetic and decisions
+the templates need, so templates only print. Reads only; no writes, no Stripe.
+
+The balance comes from the credit engine's `billing.selectors.balance_summary` (camelCase, the
+shape of GET /api/billing/usage). Endpoints other issues add (checkout, portal, top-up, auto
+top-up) are linked only once their URL resolves; until then the control renders disabled.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.urls import Resolver404, resolve
+
+from organizations.models import Membership, Organization, PlanTier, SubscriptionStatus
+
+from .plans import (
+    AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS,
+    AUTO_TOPUP_DEFAULT_PACKS,
+    AUTO_TOPUP_DEFAULT_THRESHOLD,
+    PLANS,
+    TIER_CREDIT_COST,
+    TIERS,
+    TOPUP_PACK_CREDITS,
+    TOPUP_PACK_PRICE_CENTS,
+    TRIAL_DAYS,
+    Plan,
+    format_cents,
+)
+
+logger = logging.getLogger("billing.pages")
+
+# Browser endpoints (JSON + form posts) owned by the checkout / top-up issues.
+CHECKOUT_URL = "/api/billing/checkout"
+PORTAL_URL = "/api/billing/portal"
+UPGRADE_URL = "/api/billing/subscription/upgrade"
+CANCEL_URL = "/api/billing/subscription/cancel"
+TOPUP_URL = "/api/billing/credits/topup"
+AUTO_TOPUP_URL = "/api/billing/auto-topup"
+
+WARN_PERCENT = 80
+TIER_LABELS = {"small": "Small", "medium": "Medium", "large": "Large", "xl": "XL"}
+
+
+def endpoint_available(path: str) -> bool:
+    """True when some view answers `path` (another issue may not have landed it yet)."""
+    try:
+        resolve(path)
+    except Resolver404:
+        return False
+    return True
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(Decimal(str(value)))
+    except (InvalidOperation, TypeError, ValueError):
+        return default
+
+
+def _dec(value: Any, default: str = "0.00") -> Decimal:
+    try:
+        return Decimal(str(value)).quantize(Decimal("0.01"))
+    except (InvalidOperation, TypeError, ValueError):
+        return Decimal(default)
+
+
+def _fill(used: int | Decimal, total: int | Decimal) -> tuple[int, str]:
+    """(bar width percent 0..100, state ok|warn|full) for `used` of `total`."""
+    if total <= 0:
+        return (100, "full") if used > 0 else (0, "ok")
+    percent = min(100, int(Decimal(used) * 100 / Decimal(total)))
+    if used >= total:
+        return 100, "full"
+    if Decimal(used) * 100 >= Decimal(total) * WARN_PERCENT:
+        return percent, "warn"
+    return percent, "ok"
+
+
+@dataclass(frozen=True)
+class TierBar:
+    tier: str
+    label: str
+    used: int
+    included: int
+    remaining: int
+    overage: int
+    percent: int           # bar width, 0..100 (capped)
+    state: str             # ok (<80 %), warn (>=80 %), full (>=100 %)
+    credit_cost: Decimal   # credits per action of this tier
+
+
+@dataclass(frozen=True)
+class CreditsBar:
+    purchased: Decimal
+    used: Decimal
+    remaining: Decimal
+    percent: int
+    state: str
+
+
+@dataclass(frozen=True)
+class PlanCard:
+    plan: Plan
+    price: str                     # "$99.00"
+    status: str                    # organizations SubscriptionStatus value
+    status_label: str
+    next_billing_at: datetime | None
+    trial_ends_at: datetime | None
+    trial_days_left: int | None
+    grace_ends_at: datetime | None
+    cancel_at_period_end: bool
+    period_start: datetime | None
+    period_end: datetime | None
+
+
+@dataclass(frozen=True)
+class Banner:
+    level: str     # info | warning | error
+    text: str
+
+
+@dataclass
+class AutoTopup:
+    enabled: bool
+    threshold: Decimal
+    packs: int
+    monthly_cap_packs: int
+    available: bool                 # the settings endpoint exists
+    pack_credits: Decimal = TOPUP_PACK_CREDITS
+    pack_price: str = field(default_factory=lambda: format_cents(TOPUP_PACK_PRICE_CENTS))
+
+
+def _balance_summary(*, organization: Organization, now: datetime) -> dict | None:
+    """The engine's summary, or None while the engine has not landed (import kept lazy on purpose)."""
+    try:
+        from .selectors import balance_summary  # noqa: PLC0415
+    except ImportError:
+        return None
+    return balance_summary(organization=organization, now=now)
+
+
+def _current_subscription(organization: Organization):
+    try:
+        from .models import Subscription  # noqa: PLC0415
+    except ImportError:
+        return None
+    from .models.subscriptions import LIVE_SUBSCRIPTION_STATUSES  # noqa: PLC0415
+
+    subs = Subscription.objects.filter(organization=organization)
+    return (subs.filter(status__in=list(LIVE_SUBSCRIPTION_STATUSES)).order_by("-created_at").first()
+            or subs.order_by("-created_at").first())
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+def tier_bars(summary: dict | None, plan: Plan) -> list[TierBar]:
+    tiers = (summary or {}).get("tiers") or {}
+    bars = []
+    for tier in TIERS:
+        row = tiers.get(tier) or {}
+        included = _int(row.get("included"), plan.included[tier])
+        used = _int(row.get("used"))
+        overage = _int(row.get("overage"))
+        remaining = _int(row.get("remaining"), max(included - used, 0))
+        percent, state = _fill(used + overage, included)
+        bars.append(TierBar(tier=tier, label=TIER_LABELS[tier], used=used, included=included, remaining=remaining,
+                            overage=overage, percent=percent, state=state, credit_cost=TIER_CREDIT_COST[tier]))
+    return bars
+
+
+def credits_bar(summary: dict | None) -> CreditsBar:
+    topup = (summary or {}).get("topupCredits") or {}
+    purchased, used = _dec(topup.get("purchased")), _dec(topup.get("used"))
+    remaining = _dec(topup.get("remaining"), str(purchased - used))
+    percent, state = _fill(used, purchased) if purchased > 0 else (0, "ok")
+    return CreditsBar(purchased=purchased, used=used, remaining=remaining, percent=percent, state=state)
+
+
+def _warnings(summary: dict | None) -> list[str]:
+    raw = (summary or {}).get("warnings") or []
+    texts = {"80percent": "80 % of the allowance used", "100percent": "allowance used up",
+             "using_topup_credits": "now paid from top-up credits", "buffer": "running on overage"}
+    if isinstance(raw, dict):
+        out = []
+        for tier, value in raw.items():
+            for w in (value if isinstance(value, list | tuple) else [value]):
+                if w:
+                    out.append(f"{TIER_LABELS.get(tier, tier)}: {texts.get(str(w), str(w))}")
+        return out
+    return [texts.get(str(w), str(w)) for w in raw if w]
+
+
+def plan_card(*, organization: Organization, summary: dict | None, now: datetime) -> PlanCard:
+    plan = PLANS[organization.subscription_tier]
+    sub = _current_subscription(organization)
+    period = (summary or {}).get("period") or {}
+    period_start = _parse_dt(period.get("start")) or (sub.current_period_start if sub else None)
+    period_end = _parse_dt(period.get("end")) or (sub.current_period_end if sub else None)
+    status = organization.subscription_status
+    trial_ends_at = None
+    if status == SubscriptionStatus.TRIALING:
+        trial_ends_at = (sub.trial_end if sub and sub.trial_end else None) or organization.trial_ends_at
+    days_left = None
+    if trial_ends_at is not None:
+        days_left = max(0, math.ceil((trial_ends_at - now).total_seconds() / 86400))
+    cancel_at_end = bool(sub and sub.cancel_at_period_end)
+    next_billing = None
+    if sub is not None and plan.price_cents > 0 and not cancel_at_end and status in (
+            SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+        next_billing = sub.current_period_end
+    elif sub is not None and status == SubscriptionStatus.TRIALING and not cancel_at_end:
+        next_billing = trial_ends_at
+    return PlanCard(
+        plan=plan, price=format_cents(plan.price_cents), status=status,
+        status_label=SubscriptionStatus(status).label, next_billing_at=next_billing,
+        trial_ends_at=trial_ends_at, trial_days_left=days_left,
+        grace_ends_at=sub.grace_period_ends_at if sub else None, cancel_at_period_end=cancel_at_end,
+        period_start=period_start, period_end=period_end,
+    )
+
+
+def _date(value: datetime | None) -> str:
+    return value.strftime("%b %-d, %Y") if value else ""
+
+
+def banners(card: PlanCard) -> list[Banner]:
+    out: list[Banner] = []
+    if card.status == SubscriptionStatus.TRIALING:
+        days = card.trial_days_left
+        when = f"in {days} day{'s' if days != 1 else ''}" if days else "today"
+        out.append(Banner("info", f"Your {card.plan.name} trial ends {when} ({_date(card.trial_ends_at)}). "
+                                  "Add a payment method to keep the plan; otherwise the org moves to Free."))
+    elif card.status in (SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID):
+        grace = f" The {card.plan.name} plan keeps working until {_date(card.grace_ends_at)}." \
+            if card.grace_ends_at else ""
+        out.append(Banner("error", f"Your last payment failed.{grace} Update your payment method to avoid "
+                                   "being moved to the Free plan."))
+    elif card.status in (SubscriptionStatus.CANCELED, SubscriptionStatus.INCOMPLETE_EXPIRED):
+        out.append(Banner("warning", "Your subscription was canceled. You are on the Free plan's allowances."))
+    elif card.status == SubscriptionStatus.INCOMPLETE:
+        out.append(Banner("warning", "Your subscription is waiting for the first payment to complete."))
+    if card.cancel_at_period_end and card.period_end:
+        out.append(Banner("warning", f"Your {card.plan.name} plan ends on {_date(card.period_end)}; "
+                                     "the org then moves to the Free plan."))
+    return out
+
+
+def auto_topup_state(*, organization: Organization) -> AutoTopup:
+    """The org's auto top-up settings (the top-up issue's selector once it exists, else defaults)."""
+    available = endpoint_available(AUTO_TOPUP_URL)
+    try:
+        from .selectors import auto_topup_settings  # noqa: PLC0415
+    except ImportError:
+        auto_topup_settings = None
+    if auto_topup_settings is not None:
+        s = auto_topup_settings(organization=organization)
+        get = s.get if isinstance(s, dict) else lambda k, d=None: getattr(s, k, d)
+        return AutoTopup(enabled=bool(get("enabled", False)),
+                         threshold=_dec(get("threshold", AUTO_TOPUP_DEFAULT_THRESHOLD)),
+                         packs=_int(get("packs", AUTO_TOPUP_DEFAULT_PACKS), AUTO_TOPUP_DEFAULT_PACKS),
+                         monthly_cap_packs=_int(get("monthly_cap_packs", AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS),
+                                                AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS),
+                         available=available)
+    return AutoTopup(enabled=False, threshold=AUTO_TOPUP_DEFAULT_THRESHOLD, packs=AUTO_TOPUP_DEFAULT_PACKS,
+                     monthly_cap_packs=AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS, available=available)
+
+
+def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any]:
+    org = membership.organization
+    summary = _balance_summary(organization=org, now=now)
+    card = plan_card(organization=org, summary=summary, now=now)
+    bars = tier_bars(summary, card.plan)
+    return {
+        "org": org,
+        "membership": membership,
+        "can_manage": membership.is_admin,
+        "card": card,
+        "banners": banners(card),
+        "tier_bars": bars,
+        "credits": credits_bar(summary),
+        "overage_total": sum(b.overage for b in bars),
+        "total_remaining": _dec((summary or {}).get("totalRemaining"),
+                                str(sum((b.remaining * b.credit_cost for b in bars), Decimal("0.00"))))
+        if summary else None,
+        "balance_available": summary is not None,
+        "usage_warnings": _warnings(summary),
+        "auto_topup": auto_topup_state(organization=org),
+        "portal_url": PORTAL_URL if endpoint_available(PORTAL_URL) else None,
+        "topup_url": TOPUP_URL if endpoint_available(TOPUP_URL) else None,
+        "topup_pack_credits": TOPUP_PACK_CREDITS,
+        "topup_pack_price": format_cents(TOPUP_PACK_PRICE_CENTS),
+    }
+
+
+@dataclass(frozen=True)
+class PlanOption:
+    plan: Plan
+    price: str
+    is_current: bool
+    action: str | None        # "trial" | "upgrade" | "downgrade" | None (current)
+    action_label: str
+    action_url: str | None    # None = endpoint not landed yet (button disabled)
+    allowances: list[tuple[str, int]]
+
+
+def plan_picker_context(*, membership: Membership, now: datetime) -> dict[str, Any]:
+    org = membership.organization
+    current = PLANS[org.subscription_tier]
+    trial_available = org.trial_ends_at is None
+    has_paid_sub = current.price_cents > 0 and org.subscription_status in (
+        SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING, SubscriptionStatus.PAST_DUE)
+    options = []
+    for plan in PLANS.values():
+        is_current = plan.tier == current.tier
+        action = url = None
+        label = "Current plan"
+        if not is_current:
+            going_up = plan.rank > current.rank
+            if not has_paid_sub and plan.tier != PlanTier.FREE:
+                # From Free (or a dead subscription) every paid plan starts in Checkout.
+                url = CHECKOUT_URL
+                if trial_available and plan.trial_eligible:
+                    action, label = "trial", f"Start {TRIAL_DAYS}-day trial"
+                else:
+                    action, label = "upgrade", f"Upgrade to {plan.name}"
+            elif plan.tier == PlanTier.FREE:
+                action, label, url = "downgrade", "Downgrade to Free", CANCEL_URL
+            else:
+                action = "upgrade" if going_up else "downgrade"
+                label = f"{'Upgrade' if going_up else 'Downgrade'} to {plan.name}"
+                url = UPGRADE_URL
+            if url and not endpoint_available(url):
+                url = None
+        options.append(PlanOption(plan=plan, price=format_cents(plan.price_cents), is_current=is_current,
+                                  action=action, action_label=label, action_url=url,
+                                  allowances=[(TIER_LABELS[t], plan.included[t]) for t in TIERS]))
+    return {
+        "org": org,
+        "membership": membership,
+        "can_manage": membership.is_admin,
+        "options": options,
+        "current_plan": current,
+        "trial_available": trial_available,
+        "trial_days": TRIAL_DAYS,
+        "tier_costs": [(TIER_LABELS[t], TIER_CREDIT_COST[t]) for t in TIERS],
+        "topup_pack_credits": TOPUP_PACK_CREDITS,
+        "topup_pack_price": format_cents(TOPUP_PACK_PRICE_CENTS),
+    }

@@ -1,0 +1,40 @@
+"""Template helpers for the dashboard pages: the main navigation with its org switcher."""
+from __future__ import annotations
+
+from django import template
+from django.urls import NoReverseMatch, reverse
+
+from organizations.selectors import memberships_for_user
+
+register = template.Library()
+
+#: (label, url name). Pages other issues add (usage history, invoices) appear once their URL name exists.
+NAV_ITEMS = (
+    ("Billing", "billing-dashboard"),
+    ("Plans", "billing-plans"),
+    ("Usage", "usage-history"),
+    ("Invoices", "billing-invoices"),
+    ("API keys", "api-keys"),
+)
+
+
+@register.inclusion_tag("includes/nav.html", takes_context=True)
+def main_nav(context) -> dict:
+    request = context["request"]
+    current = getattr(request, "membership", None)
+    memberships = list(memberships_for_user(user=request.user)) if request.user.is_authenticated else []
+    org_qs = f"?org={current.organization.slug}" if current is not None and len(memberships) > 1 else ""
+    items = []
+    for label, name in NAV_ITEMS:
+        try:
+            url = reverse(name)
+        except NoReverseMatch:
+            continue
+        items.append({"label": label, "url": url + org_qs, "active": request.path == url})
+    return {
+        "items": items,
+        "memberships": memberships if len(memberships) > 1 else [],
+        "current": current,
+        "path": request.path,
+        "request": request,
+    }
