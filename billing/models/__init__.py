@@ -9,3 +9,4 @@ purchases.py     CreditPurchase                                            — t
 from .subscriptions import *  # noqa: E402,F401,F403
 from .webhooks import *  # noqa: E402,F401,F403
 from .invoices import *  # noqa: E402,F401,F403
+from .balance import *  # noqa: E402,F401,F403
