@@ -10,3 +10,4 @@ from .subscriptions import *  # noqa: E402,F401,F403
 from .webhooks import *  # noqa: E402,F401,F403
 from .invoices import *  # noqa: E402,F401,F403
 from .balance import *  # noqa: E402,F401,F403
+from .purchases import *  # noqa: E402,F401,F403
