@@ -259,24 +259,16 @@ def banners(card: PlanCard) -> list[Banner]:
     return out
 
 
-def auto_topup_state(*, organization: Organization) -> AutoTopup:
-    """The org's auto top-up settings (the top-up issue's selector once it exists, else defaults)."""
-    available = endpoint_available(AUTO_TOPUP_URL)
-    try:
-        from .selectors import auto_topup_settings  # noqa: PLC0415
-    except ImportError:
-        auto_topup_settings = None
-    if auto_topup_settings is not None:
-        s = auto_topup_settings(organization=organization)
-        get = s.get if isinstance(s, dict) else lambda k, d=None: getattr(s, k, d)
-        return AutoTopup(enabled=bool(get("enabled", False)),
-                         threshold=_dec(get("threshold", AUTO_TOPUP_DEFAULT_THRESHOLD)),
-                         packs=_int(get("packs", AUTO_TOPUP_DEFAULT_PACKS), AUTO_TOPUP_DEFAULT_PACKS),
-                         monthly_cap_packs=_int(get("monthly_cap_packs", AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS),
-                                                AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS),
-                         available=available)
-    return AutoTopup(enabled=False, threshold=AUTO_TOPUP_DEFAULT_THRESHOLD, packs=AUTO_TOPUP_DEFAULT_PACKS,
-                     monthly_cap_packs=AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS, available=available)
+def auto_topup_state(*, summary: dict | None) -> AutoTopup:
+    """The org's auto top-up settings from the balance summary's `autoTopup` (defaults without one)."""
+    s = (summary or {}).get("autoTopup") or {}
+    return AutoTopup(
+        enabled=bool(s.get("enabled", False)),
+        threshold=_dec(s.get("threshold", AUTO_TOPUP_DEFAULT_THRESHOLD)),
+        packs=_int(s.get("packs"), AUTO_TOPUP_DEFAULT_PACKS),
+        monthly_cap_packs=_int(s.get("monthlyCapPacks"), AUTO_TOPUP_DEFAULT_MONTHLY_CAP_PACKS),
+        available=endpoint_available(AUTO_TOPUP_URL),
+    )
 
 
 def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any]:
@@ -298,7 +290,7 @@ def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any
         if summary else None,
         "balance_available": summary is not None,
         "usage_warnings": _warnings(summary),
-        "auto_topup": auto_topup_state(organization=org),
+        "auto_topup": auto_topup_state(summary=summary),
         "portal_url": PORTAL_URL if endpoint_available(PORTAL_URL) else None,
         "topup_url": TOPUP_URL if endpoint_available(TOPUP_URL) else None,
         "topup_pack_credits": TOPUP_PACK_CREDITS,

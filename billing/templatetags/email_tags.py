@@ -66,3 +66,14 @@ def allowance(tier) -> str:
         return ""
     parts = [f"{n:,} {TIER_LABELS[t] if t == 'xl' else t}" for t, n in plan.included.items()]
     return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+@register.filter
+def day(value) -> str:
+    """A datetime or ISO-8601 string -> 'Nov 17, 2026'."""
+    if isinstance(value, str) and value:
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    return f"{value:%b} {value.day}, {value:%Y}" if isinstance(value, datetime) else ""

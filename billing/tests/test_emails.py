@@ -19,7 +19,7 @@ INVOICE_URL = "https://invoice.stripe.test/i/in_123"
 SAMPLES = {
     "welcome": ({}, ["Welcome"], ["Free plan", "10 small, 4 medium, 2 large and 1 XL"]),
     "trial_ending": ({"plan": "pro", "trial_ends_at": GRACE, "days_left": 2},
-                     ["Pro trial", "in 2 days"], ["Nov 17, 2026", "payment method"]),
+                     ["Pro trial", "in 2 days"], ["Nov 17, 2026", "Add a payment method"]),
     "trial_ended": ({"previous_plan": "Pro", "reason": "canceled"}, ["Pro trial has ended"], ["Free plan"]),
     "usage_80": ({"tier": "medium", "percent": 80, "used": 800, "included": 1000},
                  ["80%", "Medium"], ["800 of 1000"]),
@@ -29,6 +29,7 @@ SAMPLES = {
                    ["1,000 credits"], ["Auto top-up bought 2 packs", "$40.00"]),
     "topup_failed": ({"amount_cents": 2000, "reason": "Your card was declined.", "failures": 3, "disabled": True},
                      ["Auto top-up switched off"], ["$20.00", "card was declined", "3 failures in a row"]),
+    "topup_auto_disabled": ({"failures": 3}, ["Auto top-up switched off"], ["3 times in a row"]),
     "topup_needs_auth": ({"amount_cents": 2000, "action_url": "https://pay.stripe.test/auth/pi_1"},
                          ["Confirm the $20.00"], ["https://pay.stripe.test/auth/pi_1"]),
     "receipt": ({"amount_cents": 9900, "plan": "pro", "number": "INV-0007", "hosted_invoice_url": INVOICE_URL,
@@ -99,3 +100,35 @@ def test_notify_org_admins_sends_on_commit_through_the_task(org_with_roles, djan
     assert len(mail.outbox) == 1
     assert "all of its Small actions" in mail.outbox[0].subject
     assert "member@smith.test" not in mail.outbox[0].to
+
+
+#: Contexts exactly as the producing services send them (other key names; amounts from packs).
+PRODUCER_CONTEXTS = {
+    "payment_failed": ({"amount": "$99.00", "amount_due_cents": 9900, "invoice_url": INVOICE_URL,
+                        "fix_url": INVOICE_URL, "grace_period_ends_at": GRACE, "plan": "Pro"},
+                       ["$99.00", "Nov 17, 2026", INVOICE_URL]),
+    "grace_ending": ({"grace_period_ends_at": GRACE, "plan": "Pro"}, ["Nov 17, 2026", "Pro"]),
+    "receipt": ({"amount": "$99.00", "amount_paid_cents": 9900, "invoice_url": INVOICE_URL,
+                 "invoice_pdf": INVOICE_URL + "/pdf", "stripe_invoice_id": "in_1", "period_start": GRACE,
+                 "period_end": GRACE}, ["$99.00", INVOICE_URL]),
+    "trial_ending": ({"plan": "Starter", "trial_end": GRACE, "has_payment_method": True, "price": "$9.99"},
+                     ["Nov 17, 2026", "charged $9.99"]),
+    "topup_done": ({"purchase_id": 5, "kind": "manual", "packs": 3, "credits": "1500.00"}, ["1,500 credits", "$60.00"]),
+    "topup_failed": ({"purchase_id": 5, "packs": 1, "credits": "500.00", "failure_code": "card_declined",
+                      "failure_message": "Your card was declined.", "billing_url": "x"},
+                     ["$20.00", "Your card was declined."]),
+    "topup_needs_auth": ({"purchase_id": 5, "packs": 1, "credits": "500.00",
+                          "finish_url": "http://127.0.0.1:8000/billing/topups/5/finish"},
+                         ["$20.00", "/billing/topups/5/finish"]),
+    "usage_80": ({"tier": "small", "used": 8, "included": 10, "overage": 0, "topup_remaining": "0.00",
+                  "period_end": GRACE}, ["80%", "8 of 10"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PRODUCER_CONTEXTS))
+def test_producers_context_keys_render(kind, org_with_roles):
+    context, bits = PRODUCER_CONTEXTS[kind]
+    email_send_to_org_admins(organization=org_with_roles, kind=kind, context=context)
+    msg = mail.outbox[0]
+    for bit in bits:
+        assert bit in msg.subject + msg.body, (kind, bit, msg.subject, msg.body)
