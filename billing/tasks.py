@@ -20,3 +20,6 @@ def send_org_admin_email(self, organization_id: str, kind: str, context: dict) -
         logger.warning("email %s for missing org %s dropped", kind, organization_id)
         return 0
     return email_send_to_org_admins(organization=org, kind=kind, context=context)
+
+
+from .tasks_webhooks import dunning_enforce_task, webhook_process, webhook_requeue_stale  # noqa: E402,F401

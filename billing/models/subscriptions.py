@@ -60,6 +60,8 @@ class Subscription(models.Model):
     # Dunning: set when an invoice payment fails (now + BILLING_GRACE_PERIOD_DAYS), cleared when an
     # invoice is paid. Written only by billing.services.dunning. Null = not in a grace period.
     grace_period_ends_at = models.DateTimeField(null=True, blank=True)
+    # When the "grace ending" reminder went out for the current grace period (dunning; cleared with it).
+    grace_ending_notified_at = models.DateTimeField(null=True, blank=True)
     # Stripe event `created` (unix seconds) of the newest state applied to this row. An event older
     # than this never overwrites the row (out-of-order delivery). 0 = written from a direct API read.
     last_event_created = models.BigIntegerField(default=0)

@@ -97,7 +97,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # One visible schedule for every periodic task (filled in by the apps' issues).
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Dunning: grace reminders, cancel + downgrade after the grace period, stuck trials (billing.services.dunning).
+    "billing-dunning-enforce": {"task": "billing.tasks_webhooks.dunning_enforce_task", "schedule": 3600.0},
+    # Re-queue webhook events left pending (their on-commit send was lost).
+    "billing-webhooks-requeue-stale": {"task": "billing.tasks_webhooks.webhook_requeue_stale", "schedule": 600.0},
+}
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
