@@ -1,0 +1,411 @@
+"""Reconcile: rebuild every org's cached balance (billing's `credit_balances`) from the facts.
+
+The facts are `billable_actions` (usage) and credit purchases/grants whose credits were applied
+(billing). For one org with balance `b` (period P = b.period_start), the rebuilt values are:
+
+    included_T            = PLANS[b.plan_tier].included[T]
+    used_T / overage_T    = COUNT(actions of P, tier T, paid from plan / overage)
+    topup_purchased       = SUM(credits of purchases with credits_applied_at set)       (all time)
+    overage_credits_owed  = max(0, L_K) + O_after                                         (all time)
+    topup_used            = C + O - overage_credits_owed                                  (all time)
+
+where C / O are the credits charged by `credits` / `overage` actions ever, K is the last applied
+top-up (time t_K), L_K = C(<= t_K) + O(<= t_K) - topup_purchased and O_after = O(> t_K).
+Why: balance_add_topup_credits settles owed overage from the whole remainder, so right after each
+top-up either nothing is owed or nothing remains, and owed - remaining = C + O - purchased is
+conserved; after the last top-up, owed only grows by new overage (no top-up yet pays it).
+Actions stamped exactly at t_K count as before it (same-microsecond ties are not ordered).
+
+Everything is computed by SQL aggregates per chunk of orgs (one GROUP BY over the chunk's
+actions joined with its balances, one over its purchases); Python only sees a few rows per org,
+so memory stays flat whatever the number of actions. Orgs are streamed by keyset pagination.
+
+Fixing happens per org under the balance row lock (billing's balance_for_update, which also rolls
+a free org's ended period): the facts are re-aggregated inside the lock (READ COMMITTED, and every
+fact writer holds that lock), and only the drifted columns are written, each logged on
+billing.money.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from billing.logging import log_money
+from billing.models import CreditBalance, CreditPurchase
+from billing.plans import PLANS, TIERS
+from billing.services.balance import balance_for_update
+from organizations.models import Organization
+
+from .models import BillableAction
+
+logger = logging.getLogger("usage.reconcile")
+
+_ZERO = Decimal("0.00")
+DEFAULT_CHUNK_SIZE = 500
+
+#: The balance columns reconcile rebuilds, in report order.
+COUNTER_FIELDS: tuple[str, ...] = (
+    *(f"included_{t}" for t in TIERS),
+    *(f"used_{t}" for t in TIERS),
+    *(f"overage_{t}" for t in TIERS),
+    "topup_purchased",
+    "topup_used",
+    "overage_credits_owed",
+)
+MISSING_BALANCE = "balance"
+
+
+@dataclass
+class OrgFacts:
+    """Aggregates of one org's facts (relative to its cached balance's period)."""
+
+    used: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+    overage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+    action_count: int = 0
+    credits_before: Decimal = _ZERO    # C(<= t_K) (all of C when no top-up was applied)
+    credits_after: Decimal = _ZERO     # C(> t_K)
+    overage_before: Decimal = _ZERO    # O(<= t_K)
+    overage_after: Decimal = _ZERO     # O(> t_K)
+    purchased: Decimal = _ZERO         # SUM(applied purchase credits)
+    purchase_count: int = 0
+    last_applied_at: dt.datetime | None = None
+
+    @property
+    def has_any(self) -> bool:
+        return bool(self.action_count or self.purchase_count)
+
+    def expected(self, *, plan_tier: str) -> dict[str, Any]:
+        """The rebuilt value of every COUNTER_FIELDS column for a balance on `plan_tier`."""
+        out: dict[str, Any] = {}
+        plan = PLANS[plan_tier]
+        for t in TIERS:
+            out[f"included_{t}"] = plan.included[t]
+        for t in TIERS:
+            out[f"used_{t}"] = self.used[t]
+        for t in TIERS:
+            out[f"overage_{t}"] = self.overage[t]
+        credits_total = self.credits_before + self.credits_after
+        overage_total = self.overage_before + self.overage_after
+        if self.last_applied_at is None:
+            owed = overage_total
+        else:
+            ledger_at_last_topup = self.credits_before + self.overage_before - self.purchased
+            owed = max(_ZERO, ledger_at_last_topup) + self.overage_after
+        out["topup_purchased"] = self.purchased
+        out["topup_used"] = credits_total + overage_total - owed
+        out["overage_credits_owed"] = owed
+        return out
+
+
+@dataclass(frozen=True)
+class Drift:
+    organization_id: uuid.UUID
+    org_slug: str
+    field: str
+    cached: Any      # None when the balance row is missing
+    expected: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"orgId": str(self.organization_id), "org": self.org_slug, "field": self.field,
+                "cached": _json_value(self.cached), "expected": _json_value(self.expected),
+                "difference": _json_value(_difference(self.cached, self.expected))}
+
+
+@dataclass
+class ReconcileReport:
+    checked_orgs: int = 0
+    drifts: list[Drift] = field(default_factory=list)
+    fixed_orgs: list[str] = field(default_factory=list)       # slugs
+    unfixable: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def drifted_orgs(self) -> int:
+        return len({d.organization_id for d in self.drifts})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkedOrgs": self.checked_orgs, "driftedOrgs": self.drifted_orgs,
+                "drifts": [d.as_dict() for d in self.drifts], "fixedOrgs": list(self.fixed_orgs),
+                "unfixable": list(self.unfixable)}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return value
+
+
+def _difference(cached: Any, expected: Any) -> Any:
+    if cached is None or expected is None:
+        return None
+    return cached - expected
+
+
+def _dec(value: Any) -> Decimal:
+    """A SUM from the DB as an exact 2-place Decimal (SQLite may hand back a float)."""
+    if value is None:
+        return _ZERO
+    if isinstance(value, float):
+        value = repr(value)
+    return Decimal(value).quantize(Decimal("0.01"))
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+# --- the aggregates ----------------------------------------------------------------------------
+
+_BA = BillableAction._meta.db_table
+_CB = CreditBalance._meta.db_table
+_CP = CreditPurchase._meta.db_table
+
+
+def _facts_sql(n: int) -> tuple[str, str]:
+    marks = ", ".join(["%s"] * n)
+    purchases = (
+        f"SELECT organization_id, SUM(credits), COUNT(*), MAX(credits_applied_at) FROM {_CP} "
+        f"WHERE credits_applied_at IS NOT NULL AND organization_id IN ({marks}) GROUP BY organization_id"
+    )
+    # One pass over the chunk's actions: grouped by tier, paid_from, "in the cached period" and
+    # "after the last applied top-up". The derived table is the per-org t_K.
+    actions = (
+        f"SELECT ba.organization_id, ba.tier, ba.paid_from,"
+        f" CASE WHEN ba.period_start = cb.period_start THEN 1 ELSE 0 END AS cur,"
+        f" CASE WHEN lt.last_at IS NOT NULL AND ba.created_at > lt.last_at THEN 1 ELSE 0 END AS after_last,"
+        f" COUNT(*), SUM(ba.credits_charged)"
+        f" FROM {_BA} ba"
+        f" LEFT JOIN {_CB} cb ON cb.organization_id = ba.organization_id"
+        f" LEFT JOIN (SELECT organization_id, MAX(credits_applied_at) AS last_at FROM {_CP}"
+        f"   WHERE credits_applied_at IS NOT NULL AND organization_id IN ({marks})"
+        f"   GROUP BY organization_id) lt ON lt.organization_id = ba.organization_id"
+        f" WHERE ba.organization_id IN ({marks})"
+        f" GROUP BY ba.organization_id, ba.tier, ba.paid_from, cur, after_last"
+    )
+    return purchases, actions
+
+
+def org_facts(organization_ids: list[uuid.UUID]) -> dict[uuid.UUID, OrgFacts]:
+    """Aggregate the facts of these orgs (three small result sets, whatever the number of rows)."""
+    facts = {org_id: OrgFacts() for org_id in organization_ids}
+    if not organization_ids:
+        return facts
+    hexes = [org_id.hex for org_id in organization_ids]
+    purchases_sql, actions_sql = _facts_sql(len(hexes))
+    with connection.cursor() as cursor:
+        cursor.execute(purchases_sql, hexes)
+        for org_hex, total, count, last_at in cursor.fetchall():
+            f = facts[uuid.UUID(org_hex)]
+            f.purchased, f.purchase_count, f.last_applied_at = _dec(total), int(count), _aware(last_at)
+        cursor.execute(actions_sql, hexes + hexes)
+        for org_hex, tier, paid_from, cur, after_last, count, total in cursor.fetchall():
+            f = facts[uuid.UUID(org_hex)]
+            count, total = int(count), _dec(total)
+            f.action_count += count
+            if paid_from == "plan":
+                if cur:
+                    f.used[tier] += count
+            elif paid_from == "overage":
+                if cur:
+                    f.overage[tier] += count
+                if after_last:
+                    f.overage_after += total
+                else:
+                    f.overage_before += total
+            elif paid_from == "credits":
+                if after_last:
+                    f.credits_after += total
+                else:
+                    f.credits_before += total
+    return facts
+
+
+def balance_drifts(*, organization: tuple[uuid.UUID, str], balance: CreditBalance | None,
+                   facts: OrgFacts) -> list[Drift]:
+    """Compare one cached balance with what its facts say. No balance: a drift only if facts exist."""
+    org_id, slug = organization
+    if balance is None:
+        if facts.has_any:
+            return [Drift(org_id, slug, MISSING_BALANCE, None, "present")]
+        return []
+    expected = facts.expected(plan_tier=balance.plan_tier)
+    return [Drift(org_id, slug, name, getattr(balance, name), expected[name])
+            for name in COUNTER_FIELDS if getattr(balance, name) != expected[name]]
+
+
+# --- streaming ----------------------------------------------------------------------------------
+
+def _org_chunks(*, org_slug: str | None, chunk_size: int) -> Iterator[list[tuple[uuid.UUID, str]]]:
+    """(id, slug) of orgs, by primary key, `chunk_size` at a time (keyset pagination)."""
+    qs = Organization.objects.order_by("pk")
+    if org_slug is not None:
+        qs = qs.filter(slug=org_slug)
+    last: uuid.UUID | None = None
+    while True:
+        page = qs.filter(pk__gt=last) if last is not None else qs
+        rows = list(page.values_list("pk", "slug")[:chunk_size])
+        if not rows:
+            return
+        yield rows
+        if len(rows) < chunk_size:
+            return
+        last = rows[-1][0]
+
+
+def reconcile_orgs(*, now: dt.datetime, org_slug: str | None = None, fix: bool = False,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, actor: str = "reconcile",
+                   progress: Callable[[int], None] | None = None) -> ReconcileReport:
+    """Check (and with `fix`, repair) every org's cached balance against its facts.
+
+    Drifts are reported as found before fixing. `progress(done_orgs)` is called after each chunk.
+    """
+    report = ReconcileReport()
+    for orgs in _org_chunks(org_slug=org_slug, chunk_size=chunk_size):
+        ids = [org_id for org_id, _ in orgs]
+        balances = {b.organization_id: b for b in CreditBalance.objects.filter(organization_id__in=ids)}
+        facts = org_facts(ids)
+        for org in orgs:
+            drifts = balance_drifts(organization=org, balance=balances.get(org[0]), facts=facts[org[0]])
+            report.checked_orgs += 1
+            if not drifts:
+                continue
+            report.drifts.extend(drifts)
+            if fix:
+                _fix_one(org=org, now=now, actor=actor, report=report)
+        if progress is not None:
+            progress(report.checked_orgs)
+    return report
+
+
+def _fix_one(*, org: tuple[uuid.UUID, str], now: dt.datetime, actor: str, report: ReconcileReport) -> None:
+    org_id, slug = org
+    try:
+        changed = balance_rebuild(organization_id=org_id, now=now, actor=actor)
+    except IntegrityError as exc:  # the facts themselves break an invariant: a human must look
+        logger.error("reconcile could not fix org %s: %s", slug, exc)
+        report.unfixable.append({"org": slug, "error": str(exc)})
+        return
+    report.fixed_orgs.append(slug)
+    logger.info("reconcile fixed org %s: %s", slug, ", ".join(changed) or "(nothing left to fix)")
+
+
+def balance_rebuild(*, organization_id: uuid.UUID, now: dt.datetime, actor: str = "reconcile") -> list[str]:
+    """Rewrite one org's cached balance from its facts, under the balance row lock (created, or a
+    free period rolled, as balance_for_update does). Returns the columns changed; each is logged
+    on billing.money. Raises IntegrityError if the rebuilt values break a balance constraint."""
+    with transaction.atomic():
+        balance = balance_for_update(organization_id=organization_id, now=now)
+        # Re-aggregated inside the lock: every writer of facts for this org holds it.
+        facts = org_facts([organization_id])[organization_id]
+        expected = facts.expected(plan_tier=balance.plan_tier)
+        changed = [name for name in COUNTER_FIELDS if getattr(balance, name) != expected[name]]
+        if not changed:
+            return []
+        for name in changed:
+            log_money("balance.reconciled", org=organization_id, field=name, cached=getattr(balance, name),
+                      rebuilt=expected[name], period_start=balance.period_start, by=actor)
+            setattr(balance, name, expected[name])
+        balance.version += 1
+        balance.updated_at = now
+        balance.save(update_fields=[*changed, "version", "updated_at"])
+    return changed
+
+
+# --- Stripe and stuck work (--stripe) -----------------------------------------------------------
+
+@dataclass
+class StripeReport:
+    checked_subscriptions: int = 0
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    stuck_purchases: list[dict[str, Any]] = field(default_factory=list)
+    failed_webhooks: list[dict[str, Any]] = field(default_factory=list)
+    stuck_webhooks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return (len(self.mismatches) + len(self.errors) + len(self.stuck_purchases) + len(self.failed_webhooks)
+                + len(self.stuck_webhooks))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkedSubscriptions": self.checked_subscriptions, "mismatches": self.mismatches,
+                "errors": self.errors, "stuckPurchases": self.stuck_purchases,
+                "failedWebhooks": self.failed_webhooks, "stuckWebhooks": self.stuck_webhooks}
+
+
+def _stripe_view(obj: dict) -> dict[str, Any]:
+    """The fields we mirror, read from a Stripe subscription object (period on the item since
+    API 2025-03-31, at the top level before)."""
+    from billing.services.subscriptions import plan_tier_for_price, stripe_ts  # noqa: PLC0415
+
+    items = ((obj.get("items") or {}).get("data") or [{}])
+    item = items[0] if items else {}
+    price = item.get("price") or {}
+    period_end = item.get("current_period_end") or obj.get("current_period_end")
+    return {"status": obj.get("status"), "plan_tier": plan_tier_for_price(price=price),
+            "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
+            "current_period_end": stripe_ts(period_end)}
+
+
+def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeReport:
+    """Compare every not-ended local subscription with Stripe (one gateway read each, no DB
+    transaction open), check the org mirrors its live subscription, and list purchases and
+    webhook events stuck mid-way."""
+    from billing import stripe_gateway  # noqa: PLC0415 - the only module importing stripe
+    from billing.errors import BillingError  # noqa: PLC0415
+    from billing.models import ENDED_SUBSCRIPTION_STATUSES, Subscription  # noqa: PLC0415
+    from billing.services.health import (  # noqa: PLC0415
+        purchase_row,
+        purchases_stuck,
+        webhook_events_failed,
+        webhook_events_stuck,
+        webhook_row,
+    )
+
+    report = StripeReport()
+    subs = (Subscription.objects.exclude(status__in=list(ENDED_SUBSCRIPTION_STATUSES))
+            .select_related("organization").order_by("pk"))
+    if org_slug is not None:
+        subs = subs.filter(organization__slug=org_slug)
+    for sub in subs.iterator(chunk_size=200):
+        report.checked_subscriptions += 1
+        base = {"org": sub.organization.slug, "subscription": sub.stripe_subscription_id}
+        if sub.is_live and (sub.organization.subscription_tier != sub.plan_tier
+                            or sub.organization.subscription_status != sub.status):
+            report.mismatches.append({**base, "field": "organization",
+                                      "local": f"{sub.organization.subscription_tier}/{sub.organization.subscription_status}",
+                                      "stripe": f"{sub.plan_tier}/{sub.status}"})
+        try:
+            remote = _stripe_view(stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id))
+        except BillingError as exc:
+            report.errors.append({**base, "error": exc.code, "message": exc.message})
+            continue
+        local = {"status": sub.status, "plan_tier": sub.plan_tier, "cancel_at_period_end": sub.cancel_at_period_end,
+                 "current_period_end": sub.current_period_end}
+        for name, value in local.items():
+            if remote[name] is not None and remote[name] != value:
+                report.mismatches.append({**base, "field": name, "local": _json_value(_iso(value)),
+                                          "stripe": _json_value(_iso(remote[name]))})
+    purchases = purchases_stuck(now=now)
+    failed = webhook_events_failed(now=now)
+    if org_slug is not None:
+        purchases = purchases.filter(organization__slug=org_slug)
+    report.stuck_purchases = [purchase_row(p, now=now) for p in purchases[:1000]]
+    if org_slug is None:  # events carry no org column; listed only for a whole-database run
+        report.failed_webhooks = [webhook_row(e, now=now) for e in failed[:1000]]
+        report.stuck_webhooks = [webhook_row(e, now=now) for e in webhook_events_stuck(now=now)[:1000]]
+    return report
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
