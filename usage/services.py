@@ -1,0 +1,259 @@
+"""Recording agent actions: charge billing's balance and write the fact row, in one transaction.
+
+Idempotency rests on the unique (organization, idempotency_key) constraint, not on an exists()
+check: a replay (also one racing the first request) fails its INSERT, the whole transaction -
+balance change included - rolls back, and the first row's stored body is returned.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+
+from billing.errors import BillingError
+from billing.plans import TIER_PAYOUT_CENTS
+from billing.services.balance import (
+    ChargeResult,
+    balance_charge,
+    balance_charge_many,
+    balance_check,
+    balance_for_update,
+    db_datetime,
+    org_id_hex,
+    remaining_by_tier,
+    validate_tier,
+)
+from billing_project.errors import InvalidRequest
+
+from .models import IDEMPOTENCY_KEY_MAX_LENGTH, BillableAction
+
+logger = logging.getLogger("usage.services")
+
+MAX_BATCH_ACTIONS = 1000
+MAX_METADATA_BYTES = 16 * 1024
+_TEXT_LIMITS = {"user_id": 255, "agent_id": 255, "agent_name": 255, "action_key": 255, "description": 1000,
+                "idempotency_key": IDEMPOTENCY_KEY_MAX_LENGTH}
+_API_NAMES = {"user_id": "userId", "agent_id": "agentId", "agent_name": "agentName", "action_key": "actionKey",
+              "description": "description", "idempotency_key": "idempotencyKey", "metadata": "metadata"}
+
+
+@dataclass(frozen=True)
+class ActionInput:
+    user_id: str
+    tier: str
+    agent_id: str | None = None
+    agent_name: str | None = None
+    action_key: str | None = None
+    description: str | None = None
+    metadata: dict | None = None
+    idempotency_key: str | None = None
+
+    def validated(self) -> ActionInput:
+        """Refuse bad fields with stable codes (INVALID_ACTION_TIER, INVALID_REQUEST + field)."""
+        validate_tier(self.tier)
+        for name, limit in _TEXT_LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name != "user_id":
+                continue
+            api = _API_NAMES[name]
+            if not isinstance(value, str) or (name in ("user_id", "idempotency_key") and not value):
+                raise InvalidRequest(f"{api} must be a non-empty string", extra={"field": api})
+            if len(value) > limit:
+                raise InvalidRequest(f"{api} is longer than {limit} characters", extra={"field": api})
+        if self.metadata is not None:
+            if not isinstance(self.metadata, dict):
+                raise InvalidRequest("metadata must be a JSON object", extra={"field": "metadata"})
+            if len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
+                raise InvalidRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes", extra={"field": "metadata"})
+        return self
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    action_id: int
+    created: bool               # False: an idempotent replay, nothing recorded
+    body: dict[str, Any]        # the API body (camelCase); a replay returns the first one
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    recorded: int
+    replayed: int
+    refused: int
+    items: list[dict[str, Any]]  # per action, in order: {index, status, ...body or error}
+
+
+# --------------------------------------------------------------------------------------------
+# The fact row, inserted with hand-written SQL (the hot path holds the balance lock meanwhile).
+
+_INSERT_COLUMNS = ["organization_id", "user_id", "tier", "credits_charged", "paid_from", "payout_cents", "agent_id",
+                   "agent_name", "action_key", "description", "metadata", "period_start", "period_end",
+                   "idempotency_key", "response_body", "created_at"]
+assert set(_INSERT_COLUMNS) == {f.column for f in BillableAction._meta.concrete_fields} - {"id"}
+_TABLE = BillableAction._meta.db_table
+_ROW_PLACEHOLDER = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
+_INSERT_SQL = f"INSERT INTO {_TABLE} ({', '.join(_INSERT_COLUMNS)}) VALUES "
+
+
+def _body(charge: ChargeResult) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "success": True,
+        "creditsUsed": str(charge.credits_charged),
+        "paidFrom": charge.paid_from,
+        "remainingCredits": charge.remaining,
+        "topupRemaining": str(charge.topup_remaining),
+    }
+    if charge.warning:
+        body["warning"] = charge.warning
+    return body
+
+
+def _row_params(org_hex: str, action: ActionInput, charge: ChargeResult, body: dict | None, now_db) -> list:
+    balance = charge.balance
+    return [
+        org_hex, action.user_id, action.tier, charge.credits_charged, charge.paid_from,
+        TIER_PAYOUT_CENTS[action.tier], action.agent_id, action.agent_name, action.action_key, action.description,
+        json.dumps(action.metadata) if action.metadata is not None else None,
+        db_datetime(balance.period_start), db_datetime(balance.period_end), action.idempotency_key,
+        json.dumps(body) if body is not None else None, now_db,
+    ]
+
+
+def _replay(*, org_hex: str, idempotency_key: str) -> RecordResult | None:
+    row = (BillableAction.objects.filter(organization_id=org_hex, idempotency_key=idempotency_key)
+           .values_list("pk", "response_body").first())
+    if row is None:
+        return None
+    pk, body = row
+    return RecordResult(action_id=pk, created=False, body={**(body or {}), "actionId": pk})
+
+
+def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.datetime, agent_id: str | None = None,
+                  agent_name: str | None = None, action_key: str | None = None, description: str | None = None,
+                  metadata: dict | None = None, idempotency_key: str | None = None) -> RecordResult:
+    """Charge one action and record it (one transaction). Replay of `idempotency_key` returns
+    the first result and records nothing. Raises INVALID_ACTION_TIER / INVALID_REQUEST (400),
+    CREDITS_EXHAUSTED (402), ORG_NOT_FOUND (404)."""
+    action = ActionInput(user_id=user_id, tier=tier, agent_id=agent_id, agent_name=agent_name, action_key=action_key,
+                         description=description, metadata=metadata, idempotency_key=idempotency_key).validated()
+    org_hex = org_id_hex(organization_id)
+    try:
+        with transaction.atomic():
+            charge = balance_charge(organization_id=org_hex, tier=tier, now=now)
+            body = _body(charge)
+            with connection.cursor() as cursor:
+                cursor.execute(_INSERT_SQL + _ROW_PLACEHOLDER,
+                               _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now)))
+                action_id = cursor.lastrowid
+    except IntegrityError:
+        replay = _replay(org_hex=org_hex, idempotency_key=idempotency_key) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
+    except BillingError as exc:
+        # A replay of an accepted action must answer its first body even once credits ran out.
+        if idempotency_key and exc.code == "CREDITS_EXHAUSTED":
+            replay = _replay(org_hex=org_hex, idempotency_key=idempotency_key)
+            if replay is not None:
+                return replay
+        raise
+    return RecordResult(action_id=action_id, created=True, body={"success": True, "actionId": action_id, **body})
+
+
+def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], now: dt.datetime) -> BatchResult:
+    """Record up to MAX_BATCH_ACTIONS actions in one transaction: one balance lock, one UPDATE,
+    one multi-row INSERT. Items are charged in order, as if sent one by one: each gets 201 (its
+    record body), 200 (idempotent replay: the first body) or 402 (refused, nothing recorded).
+    Any invalid item refuses the whole batch (400) before anything is written."""
+    if not actions:
+        raise InvalidRequest("actions must be a non-empty list", extra={"field": "actions"})
+    if len(actions) > MAX_BATCH_ACTIONS:
+        raise InvalidRequest(f"at most {MAX_BATCH_ACTIONS} actions per batch", extra={"field": "actions"})
+    for i, action in enumerate(actions):
+        try:
+            action.validated()
+        except (InvalidRequest, BillingError) as exc:
+            exc.extra = {**exc.extra, "index": i}
+            raise
+    org_hex = org_id_hex(organization_id)
+    now_db = db_datetime(now)
+    with transaction.atomic():
+        balance = balance_for_update(organization_id=org_hex, now=now)
+        # Under the balance lock no other writer can add rows for this org, so this read is exact;
+        # the unique constraint still backs it (an IntegrityError aborts the batch, nothing kept).
+        keys = list({a.idempotency_key for a in actions if a.idempotency_key})
+        existing: dict[str, tuple[int, dict]] = {}
+        if keys:
+            for pk, key, body in (BillableAction.objects.filter(organization_id=org_hex, idempotency_key__in=keys)
+                                  .values_list("pk", "idempotency_key", "response_body")):
+                existing[key] = (pk, body or {})
+        to_charge: list[int] = []
+        first_in_batch: dict[str, int] = {}
+        for i, action in enumerate(actions):
+            key = action.idempotency_key
+            if key and (key in existing or key in first_in_batch):
+                continue
+            if key:
+                first_in_batch[key] = i
+            to_charge.append(i)
+        charges = balance_charge_many(balance=balance, tiers=[actions[i].tier for i in to_charge], now=now)
+        items: list[dict[str, Any] | None] = [None] * len(actions)
+        params: list[Any] = []
+        inserted: list[int] = []
+        refused = 0
+        for i, charge in zip(to_charge, charges, strict=True):
+            if isinstance(charge, BillingError):
+                items[i] = {"index": i, "status": charge.http_status, **charge.to_dict()}
+                refused += 1
+                first_in_batch.pop(actions[i].idempotency_key or "", None)
+                continue
+            body = _body(charge)
+            items[i] = {"index": i, "status": 201, **body}
+            params += _row_params(org_hex, actions[i], charge, body if actions[i].idempotency_key else None, now_db)
+            inserted.append(i)
+        if inserted:
+            sql = _INSERT_SQL + ", ".join([_ROW_PLACEHOLDER] * len(inserted)) + " RETURNING id"
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                ids = [r[0] for r in cursor.fetchall()]
+            for i, pk in zip(inserted, ids, strict=True):
+                items[i]["actionId"] = pk
+    replayed = 0
+    for i, action in enumerate(actions):
+        if items[i] is not None:
+            continue
+        key = action.idempotency_key
+        if key in existing:
+            pk, body = existing[key]
+            items[i] = {"index": i, "status": 200, **body, "actionId": pk}
+        elif key in first_in_batch:
+            first = items[first_in_batch[key]]
+            items[i] = {**first, "index": i, "status": 200}
+        else:  # the first item with this key was refused: this one is refused the same way
+            first = next(it for j, it in enumerate(items) if it is not None and j < i
+                         and actions[j].idempotency_key == key)
+            items[i] = {**first, "index": i}
+            refused += 1
+            continue
+        replayed += 1
+    return BatchResult(recorded=len(inserted), replayed=replayed, refused=refused, items=items)  # type: ignore[arg-type]
+
+
+def action_check(*, organization_id: Any, tier: str, now: dt.datetime) -> dict[str, Any]:
+    """Body of POST /api/billing/usage/check: {allowed, paidFrom, remainingCredits, topupRemaining, warning?}."""
+    result = balance_check(organization_id=organization_id, tier=tier, now=now)
+    body: dict[str, Any] = {
+        "success": True,
+        "allowed": result.allowed,
+        "actionTier": tier,
+        "paidFrom": result.paid_from,
+        "remainingCredits": remaining_by_tier(result.balance),
+        "topupRemaining": str(result.balance.topup_remaining),
+    }
+    if result.warning:
+        body["warning"] = result.warning
+    return body
