@@ -40,7 +40,7 @@ PORTAL_URL = "/api/billing/portal"
 UPGRADE_URL = "/api/billing/subscription/upgrade"
 CANCEL_URL = "/api/billing/subscription/cancel"
 TOPUP_URL = "/api/billing/credits/topup"
-AUTO_TOPUP_URL = "/api/billing/auto-topup"
+AUTO_TOPUP_URL = "/api/billing/credits/auto-topup"
 
 WARN_PERCENT = 80
 TIER_LABELS = {"small": "Small", "medium": "Medium", "large": "Large", "xl": "XL"}
@@ -293,6 +293,7 @@ def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any
         "auto_topup": auto_topup_state(summary=summary),
         "portal_url": PORTAL_URL if endpoint_available(PORTAL_URL) else None,
         "topup_url": TOPUP_URL if endpoint_available(TOPUP_URL) else None,
+        "auto_topup_url": AUTO_TOPUP_URL,
         "topup_pack_credits": TOPUP_PACK_CREDITS,
         "topup_pack_price": format_cents(TOPUP_PACK_PRICE_CENTS),
     }
