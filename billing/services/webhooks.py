@@ -77,6 +77,14 @@ def _header_timestamp(sig_header: str) -> int | None:
     return None
 
 
+#: Gateway error code -> our stable rejection code.
+_GATEWAY_REJECTIONS = {
+    "STRIPE_SIGNATURE_INVALID": "WEBHOOK_SIGNATURE_INVALID",
+    "STRIPE_INVALID_PAYLOAD": "WEBHOOK_PAYLOAD_INVALID",
+    "STRIPE_API_VERSION_MISMATCH": "WEBHOOK_API_VERSION_MISMATCH",
+}
+
+
 def _reject(code: str, reason: str, **fields: Any) -> WebhookRejected:
     log_webhook("webhook.rejected", level=logging.WARNING, code=code, reason=reason, **fields)
     return WebhookRejected(reason, code=code)
@@ -97,28 +105,21 @@ def webhook_event_verify(*, payload: bytes, sig_header: str, now: dt.datetime) -
         raise _reject("WEBHOOK_TIMESTAMP_STALE", f"signature timestamp {timestamp} is outside the "
                       f"{WEBHOOK_TOLERANCE_SECONDS}s tolerance", timestamp=timestamp)
     try:
-        json.loads(payload.decode("utf-8"))
-        body_is_json = True
-    except (UnicodeDecodeError, ValueError):
-        body_is_json = False
-    try:
         event = stripe_gateway.webhook_construct_event(payload, sig_header)
     except BillingError as exc:
-        if not body_is_json:
-            raise _reject("WEBHOOK_PAYLOAD_INVALID", "body is not JSON") from exc
-        if timestamp is None:
-            raise _reject("WEBHOOK_SIGNATURE_INVALID", f"malformed Stripe-Signature header ({exc.code})") from exc
-        if "TIMESTAMP" in exc.code or "STALE" in exc.code or "TOLERANCE" in exc.code:
-            raise _reject("WEBHOOK_TIMESTAMP_STALE", f"{exc.code}: {exc.message}") from exc
-        raise _reject("WEBHOOK_SIGNATURE_INVALID", f"{exc.code}: {exc.message}") from exc
-    if not isinstance(event, dict):
-        event = json.loads(payload.decode("utf-8"))
+        code = _GATEWAY_REJECTIONS.get(exc.code)
+        if code is None:
+            raise  # e.g. STRIPE_NOT_CONFIGURED: our problem, not the sender's (503)
+        if code == "WEBHOOK_SIGNATURE_INVALID" and "tolerance" in exc.message.lower():
+            code = "WEBHOOK_TIMESTAMP_STALE"
+        raise _reject(code, f"{exc.code}: {exc.message}") from exc
     event_id, event_type = event.get("id"), event.get("type")
-    data_object = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
+    data = event.get("data")
+    data_object = data.get("object") if isinstance(data, dict) else None
     if not (isinstance(event_id, str) and event_id.startswith("evt_") and isinstance(event_type, str)
             and isinstance(data_object, dict)):
         raise _reject("WEBHOOK_PAYLOAD_INVALID", "not a Stripe event (id/type/data.object)", event_id=event_id)
-    if event.get("api_version") != stripe_gateway.STRIPE_API_VERSION:
+    if event.get("api_version") != stripe_gateway.STRIPE_API_VERSION:  # the gateway checks too; be explicit
         raise _reject("WEBHOOK_API_VERSION_MISMATCH", f"event API version {event.get('api_version')!r} is not "
                       f"the pinned {stripe_gateway.STRIPE_API_VERSION!r}", event_id=event_id, type=event_type)
     return event
@@ -273,7 +274,7 @@ def handle_checkout_session_completed(*, event: dict, now: dt.datetime) -> None:
                                code="STRIPE_OBJECT_INVALID")
         _subscription_from_stripe(subscription_id=sub_id, now=now)
     elif mode == "payment":
-        _topups_hook("topup_checkout_session_completed", session=session, now=now, event_created=_created(event))
+        _topups_hook("topup_checkout_completed", stripe_session=session, now=now)
     else:
         logger.info("checkout session %s in mode %r: nothing to do", session.get("id"), mode)
 
@@ -391,17 +392,12 @@ def handle_invoice_event(*, event: dict, now: dt.datetime) -> None:
 
 
 def handle_payment_intent_succeeded(*, event: dict, now: dt.datetime) -> None:
-    pi = _object(event)
-    if pi.get("invoice"):
-        return  # a subscription invoice's payment: the invoice.* events carry it
-    _topups_hook("topup_payment_intent_succeeded", payment_intent=pi, now=now, event_created=_created(event))
+    # Subscription invoices' intents are no top-up: the hook returns None for them (invoice.* carry those).
+    _topups_hook("topup_payment_succeeded", stripe_payment_intent=_object(event), now=now)
 
 
 def handle_payment_intent_failed(*, event: dict, now: dt.datetime) -> None:
-    pi = _object(event)
-    if pi.get("invoice"):
-        return
-    _topups_hook("topup_payment_intent_failed", payment_intent=pi, now=now, event_created=_created(event))
+    _topups_hook("topup_payment_failed", stripe_payment_intent=_object(event), now=now)
 
 
 HANDLERS: dict[str, Callable[..., None]] = {
