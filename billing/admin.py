@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -25,8 +29,9 @@ from organizations.models import Organization
 
 from .admin_links import stripe_link
 from .errors import BillingError
-from .models import Invoice, Subscription, WebhookEvent
-from .plans import format_cents
+from .models import AutoTopupSettingsChange, CreditBalance, CreditPurchase, Invoice, Subscription, WebhookEvent
+from .plans import TIERS, format_cents
+from .services.grants import MAX_GRANT_CREDITS, credit_grant_create
 
 logger = logging.getLogger("billing.admin")
 
@@ -189,17 +194,133 @@ class WebhookEventAdmin(FactAdminMixin, admin.ModelAdmin):
         _report(self, request, ok, failures, "Reprocessing")
 
 
+# --- Balances (a cache: read-only here; changed by grants and "recompute balance") ----------------
+
+def _tier_counts(balance: CreditBalance) -> str:
+    return " · ".join(f"{t} {balance.used(t)}/{balance.included(t)}"
+                      + (f"+{balance.overage(t)}" if balance.overage(t) else "") for t in TIERS)
+
+
+@admin.register(CreditBalance)
+class CreditBalanceAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("organization", "plan_tier", "period_start", "period_end", "usage", "topup_remaining_display",
+                    "overage_credits_owed", "auto_topup_enabled", "updated_at")
+    list_filter = ("plan_tier", "auto_topup_enabled", "period_end")
+    search_fields = ORG_SEARCH
+    list_select_related = ("organization",)
+    readonly_fields = ("usage", "topup_remaining_display")
+
+    @admin.display(description="Used / included (+overage)")
+    def usage(self, obj: CreditBalance) -> str:
+        return _tier_counts(obj)
+
+    @admin.display(description="Top-up remaining")
+    def topup_remaining_display(self, obj: CreditBalance) -> Decimal:
+        return obj.topup_remaining
+
+
+class CreditBalanceInline(admin.StackedInline):
+    model = CreditBalance
+    can_delete = False
+    extra = 0
+    fields = ("plan_tier", ("period_start", "period_end"), "usage", ("topup_purchased", "topup_used",
+              "topup_remaining_display"), "overage_credits_owed",
+              ("auto_topup_enabled", "auto_topup_threshold", "auto_topup_packs", "auto_topup_monthly_cap_packs"),
+              "updated_at")
+    readonly_fields = ("plan_tier", "period_start", "period_end", "usage", "topup_purchased", "topup_used",
+                       "topup_remaining_display", "overage_credits_owed", "auto_topup_enabled", "auto_topup_threshold",
+                       "auto_topup_packs", "auto_topup_monthly_cap_packs", "updated_at")
+    usage = CreditBalanceAdmin.usage
+    topup_remaining_display = CreditBalanceAdmin.topup_remaining_display
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+# --- Purchases and grants (facts) ----------------------------------------------------------------
+
+@admin.register(CreditPurchase)
+class CreditPurchaseAdmin(FactAdminMixin, admin.ModelAdmin):
+    list_display = ("id", "organization", "kind", "status", "credits", "amount", "created_by", "short_reason",
+                    "created_at", "credits_applied_at", "stripe")
+    list_filter = ("kind", "status", "method", "created_at", "credits_applied_at")
+    search_fields = ("stripe_payment_intent_id", "stripe_checkout_session_id", "stripe_invoice_id",
+                     "created_by__email", "reason", *ORG_SEARCH)
+    list_select_related = ("organization", "created_by")
+    date_hierarchy = "created_at"
+    readonly_fields = ("stripe", "stripe_checkout")
+
+    @admin.display(description="Charged", ordering="amount_cents")
+    def amount(self, obj: CreditPurchase) -> str:
+        return format_cents(obj.amount_cents, obj.currency)
+
+    @admin.display(description="Reason")
+    def short_reason(self, obj: CreditPurchase) -> str:
+        return (obj.reason[:60] + "…") if len(obj.reason) > 60 else obj.reason
+
+    @admin.display(description="Stripe payment")
+    def stripe(self, obj: CreditPurchase):
+        return stripe_link("payment_intent", obj.stripe_payment_intent_id)
+
+    @admin.display(description="Stripe checkout")
+    def stripe_checkout(self, obj: CreditPurchase):
+        return stripe_link("checkout_session", obj.stripe_checkout_session_id)
+
+
+@admin.register(AutoTopupSettingsChange)
+class AutoTopupSettingsChangeAdmin(FactAdminMixin, admin.ModelAdmin):
+    list_display = ("organization", "enabled", "threshold", "packs", "monthly_cap_packs", "reason", "changed_by",
+                    "created_at")
+    list_filter = ("enabled", "reason", "created_at")
+    search_fields = ("changed_by__email", *ORG_SEARCH)
+    list_select_related = ("organization", "changed_by")
+
+
 # --- Organization page, extended with billing ---------------------------------------------------
+
+class GrantCreditsForm(forms.Form):
+    credits = forms.DecimalField(min_value=Decimal("0.01"), max_value=MAX_GRANT_CREDITS, decimal_places=2,
+                                 max_digits=12, help_text="Credits added to each selected organization's top-up credits.")
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000,
+                             help_text="Recorded on the grant (audit trail); shown to staff only.")
+
+
+def _intermediate(modeladmin, request, queryset, *, form, action: str, title: str, template: str):
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title, "form": form, "queryset": queryset, "action": action,
+        "opts": modeladmin.model._meta, "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, template, context)
+
 
 class BillingOrganizationAdmin(OrganizationAdmin):
     list_display = (*OrganizationAdmin.list_display, "stripe_customer")
     readonly_fields = (*OrganizationAdmin.readonly_fields, "stripe_customer", "subscription_tier",
                        "subscription_status", "trial_ends_at")
-    inlines = [*OrganizationAdmin.inlines, SubscriptionInline]
+    inlines = [CreditBalanceInline, *OrganizationAdmin.inlines, SubscriptionInline]
+    actions = ["grant_credits"]
 
     @admin.display(description="Stripe customer")
     def stripe_customer(self, obj: Organization):
         return stripe_link("customer", obj.stripe_customer_id)
+
+    @admin.action(description="Grant credits…", permissions=["change"])
+    def grant_credits(self, request: HttpRequest, queryset: QuerySet[Organization]):
+        form = GrantCreditsForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return _intermediate(self, request, queryset, form=form, action="grant_credits",
+                                 title="Grant credits", template="admin/billing/grant_credits.html")
+        ok, failures = 0, []
+        for org in queryset:
+            try:
+                credit_grant_create(organization_id=org.pk, credits=form.cleaned_data["credits"],
+                                    reason=form.cleaned_data["reason"], granted_by=request.user, now=timezone.now())
+                ok += 1
+            except BillingError as exc:
+                failures.append(f"{org.slug}: {exc.code} {exc.message}")
+        _report(self, request, ok, failures, f"Granted {form.cleaned_data['credits']} credits")
+        return None
 
 
 admin.site.unregister(Organization)

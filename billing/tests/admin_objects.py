@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from billing.models import Invoice, Subscription, WebhookEvent
+from decimal import Decimal
+
+from billing.models import AutoTopupSettingsChange, CreditBalance, Invoice, Subscription, WebhookEvent
+from billing.services.grants import credit_grant_create
+from usage.services import action_record
 from organizations.models import ApiKey, Membership
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
@@ -23,5 +27,13 @@ def make_one_of_each(*, now: dt.datetime) -> list:
     event = WebhookEvent.objects.create(
         stripe_event_id="evt_admin_1", type="invoice.paid", payload={"id": "evt_admin_1"}, status="failed",
         error="boom", received_at=now)
-    objs = [org, membership, key, sub, invoice, event]
+    action_id = action_record(organization_id=org.pk, user_id="u1", tier="small", now=now).action_id
+    grant = credit_grant_create(organization_id=org.pk, credits=Decimal("5.00"), reason="welcome",
+                                granted_by=membership.user, now=now)
+    change = AutoTopupSettingsChange.objects.create(organization=org, enabled=True, threshold=Decimal("50.00"),
+                                                    packs=1, monthly_cap_packs=10, reason="admin", created_at=now)
+    from usage.models import BillableAction
+
+    objs = [org, membership, key, sub, invoice, event, CreditBalance.objects.get(organization=org),
+            BillableAction.objects.get(pk=action_id), grant, change]
     return objs

@@ -1,10 +1,10 @@
 """Admin pages: every registered model's changelist and change page render for staff and refuse non-staff."""
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.test import RequestFactory
 from django.urls import reverse
 
 from billing.tests.admin_objects import make_one_of_each
@@ -86,3 +86,82 @@ def test_webhook_events_cannot_be_changed_or_deleted(staff_client, objects):
     assert response.status_code == 403
     event.refresh_from_db()
     assert event.status == "failed"
+
+
+def test_grant_credits_action_changes_balance_and_leaves_audit_row(staff_client, objects):
+    from decimal import Decimal
+
+    from billing.models import CreditBalance, CreditPurchase
+    from organizations.models import Organization
+
+    org = Organization.objects.get(slug="admin-org")
+    before = CreditBalance.objects.get(organization=org).topup_purchased
+    url = reverse("admin:organizations_organization_changelist")
+    # Step 1: the action shows the intermediate form; nothing is granted yet.
+    response = staff_client.post(url, {"action": "grant_credits", "_selected_action": [org.pk]})
+    assert response.status_code == 200 and b'name="credits"' in response.content and b'name="reason"' in response.content
+    assert CreditBalance.objects.get(organization=org).topup_purchased == before
+    # A missing reason is refused by the form.
+    response = staff_client.post(url, {"action": "grant_credits", "_selected_action": [org.pk], "apply": "1",
+                                       "credits": "100", "reason": ""})
+    assert response.status_code == 200 and CreditBalance.objects.get(organization=org).topup_purchased == before
+    # Step 2: confirmed.
+    response = staff_client.post(url, {"action": "grant_credits", "_selected_action": [org.pk], "apply": "1",
+                                       "credits": "100.50", "reason": "outage compensation"}, follow=True)
+    assert response.status_code == 200
+    balance = CreditBalance.objects.get(organization=org)
+    assert balance.topup_purchased == before + Decimal("100.50")
+    grant = CreditPurchase.objects.filter(organization=org, kind="grant").latest("id")
+    assert (grant.credits, grant.reason, grant.created_by.username, grant.status, grant.amount_cents) == (
+        Decimal("100.50"), "outage compensation", "staff@example.test", "succeeded", 0)
+    assert grant.credits_applied_at is not None
+    from usage.services_reconcile import reconcile_orgs
+
+    assert reconcile_orgs(now=grant.created_at).drifts == []  # the grant is a fact the balance agrees with
+
+
+@pytest.mark.parametrize("label", ["usage.billableaction", "billing.creditpurchase"])
+def test_facts_cannot_be_changed_or_deleted_via_admin(staff_client, objects, label):
+    from django.apps import apps
+
+    model = apps.get_model(label)
+    obj = next(o for o in objects if isinstance(o, model))
+    info = (model._meta.app_label, model._meta.model_name)
+    model_admin = admin.site._registry[model]
+    request = RequestFactory().get("/admin/")
+    request.user = get_user_model().objects.get(username="staff@example.test")
+    assert not model_admin.has_change_permission(request, obj)
+    assert not model_admin.has_delete_permission(request, obj)
+    assert not model_admin.has_add_permission(request)
+    page = staff_client.get(reverse("admin:%s_%s_change" % info, args=[obj.pk]))
+    assert page.status_code == 200 and b'type="submit"' not in page.content.split(b'id="content"')[1]
+    snapshot = {f.attname: getattr(obj, f.attname) for f in model._meta.concrete_fields}
+    response = staff_client.post(reverse("admin:%s_%s_change" % info, args=[obj.pk]), {"credits": "999"})
+    assert response.status_code == 403
+    response = staff_client.post(reverse("admin:%s_%s_delete" % info, args=[obj.pk]), {"post": "yes"})
+    assert response.status_code == 403
+    response = staff_client.post(reverse("admin:%s_%s_changelist" % info),
+                                 {"action": "delete_selected", "_selected_action": [obj.pk], "post": "yes"})
+    obj.refresh_from_db()
+    assert {f.attname: getattr(obj, f.attname) for f in model._meta.concrete_fields} == snapshot
+
+
+def test_recompute_balance_action_fixes_drift(staff_client, objects):
+    from billing.models import CreditBalance
+    from organizations.models import Organization
+
+    org = Organization.objects.get(slug="admin-org")
+    CreditBalance.objects.filter(organization=org).update(used_small=7)
+    response = staff_client.post(reverse("admin:organizations_organization_changelist"),
+                                 {"action": "recompute_balance", "_selected_action": [org.pk]}, follow=True)
+    assert response.status_code == 200 and b"used_small" in response.content
+    assert CreditBalance.objects.get(organization=org).used_small == 1
+
+
+def test_organization_page_shows_balance_inline(staff_client, objects):
+    from organizations.models import Organization
+
+    org = Organization.objects.get(slug="admin-org")
+    page = staff_client.get(reverse("admin:organizations_organization_change", args=[org.pk])).content.decode()
+    assert "small 1/10" in page and "Top-up remaining" in page and "sub_admin_1" in page
+    assert "https://dashboard.stripe.com/test/customers/cus_admin_1" in page
