@@ -23,3 +23,4 @@ def send_org_admin_email(self, organization_id: str, kind: str, context: dict) -
 
 
 from .tasks_webhooks import dunning_enforce_task, webhook_process, webhook_requeue_stale  # noqa: E402,F401
+from .tasks_topups import topup_charge, topup_sweep  # noqa: E402,F401

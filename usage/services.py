@@ -27,6 +27,7 @@ from billing.services.balance import (
     remaining_by_tier,
     validate_tier,
 )
+from billing.services.topups import topup_maybe_trigger
 from billing_project.errors import InvalidRequest
 
 from .models import IDEMPOTENCY_KEY_MAX_LENGTH, BillableAction
@@ -149,6 +150,8 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
                 cursor.execute(_INSERT_SQL + _ROW_PLACEHOLDER,
                                _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now)))
                 action_id = cursor.lastrowid
+            if charge.auto_topup_due:  # below the auto top-up threshold: intent row + task on commit (cheap)
+                topup_maybe_trigger(balance=charge.balance, now=now)
     except IntegrityError:
         replay = _replay(org_hex=org_hex, idempotency_key=idempotency_key) if idempotency_key else None
         if replay is None:
@@ -222,6 +225,8 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
                 ids = [r[0] for r in cursor.fetchall()]
             for i, pk in zip(inserted, ids, strict=True):
                 items[i]["actionId"] = pk
+            if balance.auto_topup_enabled:  # the trigger checks the threshold on the locked row itself
+                topup_maybe_trigger(balance=balance, now=now)
     replayed = 0
     for i, action in enumerate(actions):
         if items[i] is not None:

@@ -102,6 +102,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "billing-dunning-enforce": {"task": "billing.tasks_webhooks.dunning_enforce_task", "schedule": 3600.0},
     # Re-queue webhook events left pending (their on-commit send was lost).
     "billing-webhooks-requeue-stale": {"task": "billing.tasks_webhooks.webhook_requeue_stale", "schedule": 600.0},
+    # Top-ups: re-queue auto top-ups stuck before the Stripe call (broker was down), flag ones stuck after it.
+    "billing-topups-sweep": {"task": "billing.tasks_topups.topup_sweep", "schedule": 60.0},
 }
 
 if REDIS_URL:
