@@ -409,3 +409,18 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
 
 def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+# --- daily health summary (billing builds and sends it; the drift count comes from here) ---------
+
+def health_summary_daily_send(*, now: dt.datetime):
+    """Count balance drift (a read-only reconcile of every org), add billing's stuck/failed lists,
+    and email the summary to settings.BILLING_ADMIN_EMAIL. Returns the HealthSummary."""
+    from billing.services.health import health_summary_build, health_summary_send  # noqa: PLC0415
+
+    report = reconcile_orgs(now=now, fix=False, actor="daily-health")
+    slugs = list(dict.fromkeys(d.org_slug for d in report.drifts))
+    summary = health_summary_build(now=now, drifted_orgs=report.drifted_orgs, drift_fields=len(report.drifts),
+                                   drift_orgs=slugs[:50])
+    health_summary_send(summary=summary)
+    return summary

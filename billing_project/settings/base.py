@@ -96,12 +96,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 5}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Task modules outside the apps' tasks.py (autodiscovery only finds <app>.tasks).
+CELERY_IMPORTS = ("usage.tasks_health",)
 # One visible schedule for every periodic task (filled in by the apps' issues).
 CELERY_BEAT_SCHEDULE: dict = {
     # Dunning: grace reminders, cancel + downgrade after the grace period, stuck trials (billing.services.dunning).
     "billing-dunning-enforce": {"task": "billing.tasks_webhooks.dunning_enforce_task", "schedule": 3600.0},
     # Re-queue webhook events left pending (their on-commit send was lost).
     "billing-webhooks-requeue-stale": {"task": "billing.tasks_webhooks.webhook_requeue_stale", "schedule": 600.0},
+    # Daily health summary to BILLING_ADMIN_EMAIL: failed webhooks (7d), stuck purchases, balance drift.
+    "billing-daily-health": {"task": "usage.tasks_health.send_daily_health_summary", "schedule": 86400.0},
     # Top-ups: re-queue auto top-ups stuck before the Stripe call (broker was down), flag ones stuck after it.
     "billing-topups-sweep": {"task": "billing.tasks_topups.topup_sweep", "schedule": 60.0},
 }
