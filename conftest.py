@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-pytest_plugins = ["tests.celery_fixtures"]
+pytest_plugins = ["tests.celery_fixtures", "tests.stripe_fixtures"]
 
 
 @pytest.fixture

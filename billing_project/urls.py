@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("organizations.urls")),
     path("", include("billing.urls")),
+    path("", include("billing.api_urls")),
     path("", include("usage.urls")),
     path("", RedirectView.as_view(url="/settings/billing", permanent=False), name="home"),
 ]

@@ -1,0 +1,121 @@
+"""Browser JSON endpoints for subscriptions (session login + org membership; changes need owner/admin).
+
+JSON bodies answer JSON; HTML form posts from the dashboard are redirected (to Stripe's hosted page,
+or back to the billing page with a message). Thin: parse, one service call, respond.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from billing_project.api import error_response, json_api, parse_json_body
+from billing_project.errors import AppError, InvalidRequest
+from organizations.access import org_view
+
+from .services import checkout
+
+_TRUE = {"1", "true", "on", "yes"}
+
+
+def _is_form(request: HttpRequest) -> bool:
+    return request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    if _is_form(request):
+        return request.POST.dict()
+    if not request.body:
+        return {}
+    return parse_json_body(request)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.strip().lower() in _TRUE
+
+
+def _plan(body: dict[str, Any]) -> str:
+    tier = body.get("planTier") or body.get("plan") or body.get("tier")
+    if not isinstance(tier, str) or not tier:
+        raise InvalidRequest("planTier is required (starter, pro or max)", code="INVALID_PLAN")
+    return tier.strip().lower()
+
+
+def _dashboard(request: HttpRequest) -> str:
+    return f"/settings/billing?org={request.org.slug}"
+
+
+def _respond(request: HttpRequest, run, *, redirect_to=None, message=None) -> HttpResponse:
+    """Run the service; JSON in/out for API clients, redirect + flash message for dashboard forms."""
+    if not _is_form(request):
+        return json_api(lambda req: run())(request)
+    try:
+        result = run()
+    except AppError as exc:
+        messages.error(request, exc.message)
+        return HttpResponseRedirect(_dashboard(request))
+    if message:
+        messages.success(request, message)
+    return HttpResponseRedirect(redirect_to(result) if redirect_to else _dashboard(request))
+
+
+def _sub_json(sub) -> dict[str, Any]:
+    return {"success": True, "subscription": {
+        "id": sub.stripe_subscription_id, "planTier": sub.plan_tier, "status": sub.status,
+        "cancelAtPeriodEnd": sub.cancel_at_period_end,
+        "currentPeriodEnd": sub.current_period_end.isoformat() if sub.current_period_end else None,
+        "endedAt": sub.ended_at.isoformat() if sub.ended_at else None}}
+
+
+@require_POST
+@org_view(require_admin=True)
+def checkout_create(request: HttpRequest, membership) -> HttpResponse:
+    def run():
+        body = _body(request)
+        return {"success": True, **checkout.checkout_start(
+            organization=request.org, plan_tier=_plan(body), email=request.user.email or None, now=timezone.now())}
+    return _respond(request, run, redirect_to=lambda r: r["url"])
+
+
+@require_POST
+@org_view(require_admin=True)
+def portal_create(request: HttpRequest, membership) -> HttpResponse:
+    def run():
+        _body(request)
+        return {"success": True, **checkout.billing_portal_open(organization=request.org, now=timezone.now())}
+    return _respond(request, run, redirect_to=lambda r: r["url"])
+
+
+@require_POST
+@org_view(require_admin=True)
+def subscription_upgrade(request: HttpRequest, membership) -> HttpResponse:
+    def run():
+        body = _body(request)
+        sub = checkout.subscription_upgrade(organization=request.org, plan_tier=_plan(body), now=timezone.now())
+        return _sub_json(sub)
+    return _respond(request, run, message="Plan upgraded.")
+
+
+@require_POST
+@org_view(require_admin=True)
+def subscription_cancel(request: HttpRequest, membership) -> HttpResponse:
+    def run():
+        body = _body(request)
+        sub = checkout.subscription_cancel(organization=request.org, now=timezone.now(),
+                                           at_period_end=not _flag(body.get("now")))
+        return _sub_json(sub)
+    return _respond(request, run, message="Subscription canceled.")
+
+
+@require_GET
+@org_view()
+def subscription_status(request: HttpRequest, membership) -> JsonResponse:
+    try:
+        return JsonResponse({"success": True, **checkout.subscription_status(organization=request.org)})
+    except AppError as exc:
+        return error_response(exc)

@@ -1,0 +1,20 @@
+"""`manage.py stripe_setup`: create the plan and credit-pack prices (idempotent, by lookup key) in
+whichever Stripe the settings point at, and print the `STRIPE_PRICE_*=` env lines."""
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.errors import BillingError
+from billing.services.checkout import stripe_prices_ensure
+
+
+class Command(BaseCommand):
+    help = "Create the Stripe products/prices for starter/pro/max and the 500-credit pack; print STRIPE_PRICE_* lines."
+
+    def handle(self, *args, **options):
+        try:
+            ids = stripe_prices_ensure()
+        except BillingError as exc:
+            raise CommandError(f"{exc.code}: {exc.message}") from exc
+        for setting, price_id in ids.items():
+            self.stdout.write(f"{setting}={price_id}")
