@@ -152,6 +152,7 @@ def _cancel_and_sync(*, sub: Subscription, idempotency_key: str, now: dt.datetim
     already gone, re-read it and apply that."""
     from .. import stripe_gateway  # noqa: PLC0415 - the only module importing stripe
 
+    _no_transaction()
     try:
         obj = stripe_gateway.subscription_cancel(subscription_id=sub.stripe_subscription_id,
                                                  idempotency_key=idempotency_key)
@@ -165,8 +166,6 @@ def _cancel_and_sync(*, sub: Subscription, idempotency_key: str, now: dt.datetim
 
 def dunning_enforce(*, now: dt.datetime) -> DunningResult:
     """The periodic dunning pass (idempotent). Must not run inside a transaction (calls Stripe)."""
-    if transaction.get_connection().in_atomic_block:
-        raise RuntimeError("dunning_enforce calls Stripe: do not run it inside a transaction")
     result = DunningResult()
     _send_grace_reminders(now=now, result=result)
 
@@ -198,8 +197,15 @@ def dunning_enforce(*, now: dt.datetime) -> DunningResult:
     return result
 
 
+def _no_transaction() -> None:
+    if transaction.get_connection().in_atomic_block:
+        raise RuntimeError("dunning calls Stripe: do not run it inside a transaction")
+
+
 def _trial_resolve(*, sub: Subscription, now: dt.datetime) -> Subscription | None:
     from .. import stripe_gateway  # noqa: PLC0415
+
+    _no_transaction()
 
     obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
     trial_end = obj.get("trial_end") or 0

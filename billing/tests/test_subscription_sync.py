@@ -15,9 +15,9 @@ from billing.services.subscriptions import plan_tier_for_price, subscription_syn
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import DAY, PRICES, stripe_settings, subscription_obj, ts, uid  # noqa: F401
+from .webhook_support import DAY, PRICES, hooks_stripe_settings, subscription_obj, ts, uid  # noqa: F401
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stripe_settings")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hooks_stripe_settings")]
 
 
 @pytest.fixture

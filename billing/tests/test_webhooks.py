@@ -16,18 +16,18 @@ from billing.models import Invoice, Subscription, WebhookEvent
 from billing.services.webhooks import WEBHOOK_MAX_RETRIES, webhook_event_reprocess
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import (  # noqa: F401 - stripe_settings is a fixture
+from .webhook_support import (  # noqa: F401 - hooks_stripe_settings is a fixture
     DAY,
     invoice_obj,
     make_event,
     post_event,
     sign,
-    stripe_settings,
+    hooks_stripe_settings,
     subscription_obj,
     uid,
 )
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stripe_settings")]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hooks_stripe_settings")]
 
 
 @pytest.fixture

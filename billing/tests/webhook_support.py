@@ -28,7 +28,7 @@ def ts(value: dt.datetime) -> int:
 
 
 @pytest.fixture
-def stripe_settings(settings):
+def hooks_stripe_settings(settings):
     settings.STRIPE_WEBHOOK_SECRET = TEST_WEBHOOK_SECRET
     settings.STRIPE_PRICE_STARTER = PRICES["starter"]
     settings.STRIPE_PRICE_PRO = PRICES["pro"]
