@@ -57,7 +57,7 @@ def make_event(event_type: str, obj: dict, *, created: int, event_id: str | None
 
 def post_event(client, event: dict | bytes, *, secret: str = TEST_WEBHOOK_SECRET, timestamp: int | None = None,
                signature: str | None = None):
-    body = event if isinstance(event, bytes) else json.dumps(event).encode()
+    body = event if isinstance(event, bytes) else json.dumps(event, default=str).encode()  # SDK dicts hold Decimals
     header = signature if signature is not None else sign(body, secret=secret, timestamp=timestamp)
     return client.post("/api/webhooks/stripe", data=body, content_type="application/json",
                        HTTP_STRIPE_SIGNATURE=header)
@@ -101,3 +101,23 @@ def invoice_obj(*, inv_id: str, customer: str, sub_id: str | None, status: str, 
         "status_transitions": {"finalized_at": created, "paid_at": paid_at},
         "metadata": {},
     }
+
+
+def _sim_event_seq(event: dict) -> int:
+    """The simulator's ids end in a global sequence number: `evt_<14 hex><seq>`."""
+    return int(event["id"].split("_", 1)[1][14:])
+
+
+def replay_sim_events(client, seen: set[str]) -> list[dict]:
+    """POST every simulator event not yet in `seen`, oldest first, signed with the configured
+    webhook secret, to the real endpoint (what the simulator's delivery would do, synchronously)."""
+    from django.conf import settings
+
+    from billing import stripe_gateway as gw
+
+    events = sorted((e for e in gw.event_list(limit=100) if e["id"] not in seen), key=_sim_event_seq)
+    for event in events:
+        response = post_event(client, event, secret=settings.STRIPE_WEBHOOK_SECRET)
+        assert response.status_code == 200, (event["type"], response.content)
+        seen.add(event["id"])
+    return events
