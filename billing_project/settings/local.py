@@ -13,3 +13,8 @@ DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default=f"sqli
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
 ORCHESTRATOR_SERVICE_TOKEN = env.str("ORCHESTRATOR_SERVICE_TOKEN", default="dev-orchestrator-token")
+
+# The bundled Stripe simulator (stripe_sim, a test double; scripts/run-extras.sh starts it).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_simulator")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_dev_simulator")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="http://127.0.0.1:12111")
