@@ -56,7 +56,7 @@ class WorkerHandle:
         return self.process.poll() is None
 
 
-def _worker_env(*, db_name: str, queue: str, mail_dir: Path) -> dict[str, str]:
+def _worker_env(*, db_name: str, queue: str, mail_dir: Path, stripe_api_base: str = "") -> dict[str, str]:
     from django.conf import settings
     from django.db import connection
 
@@ -72,11 +72,16 @@ def _worker_env(*, db_name: str, queue: str, mail_dir: Path) -> dict[str, str]:
         "TEST_EMAIL_FILE_PATH": str(mail_dir),
         "PYTHONUNBUFFERED": "1",
     })
+    if stripe_api_base:  # handlers in the worker read from the session's Stripe simulator (HOOKS)
+        from .stripe_fixtures import SIM_SECRET_KEY, SIM_WEBHOOK_SECRET
+
+        env.update({"STRIPE_API_BASE": stripe_api_base, "STRIPE_SECRET_KEY": SIM_SECRET_KEY,
+                    "STRIPE_WEBHOOK_SECRET": SIM_WEBHOOK_SECRET})
     return env
 
 
 @pytest.fixture(scope="session")
-def _celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+def _celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory, stripe_sim):
     from django.conf import settings
     from django.db import connection
 
@@ -98,7 +103,8 @@ def _celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory)
         [sys.executable, "-m", "celery", "-A", "billing_project", "worker", "-Q", queue, "-n", hostname,
          "--pool", "solo", "--concurrency", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
          "--loglevel", "INFO", "--logfile", str(log_path)],
-        cwd=ROOT, env=_worker_env(db_name=db_name, queue=queue, mail_dir=mail_dir),
+        cwd=ROOT, env=_worker_env(db_name=db_name, queue=queue, mail_dir=mail_dir,
+                                   stripe_api_base=stripe_sim.base_url),
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
     )
     handle = WorkerHandle(process=proc, queue=queue, hostname=hostname, log_path=log_path, mail_dir=mail_dir)
