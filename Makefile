@@ -1,4 +1,4 @@
-.PHONY: run test bench services-up services-down clean
+.PHONY: run test bench soak reconcile services-up services-down clean
 
 ## Serve the dashboard on http://127.0.0.1:8000 (SQLite, eager tasks, Stripe simulator).
 run:
@@ -13,6 +13,10 @@ bench:
 	@scripts/bench.sh $(filter-out bench,$(MAKECMDGOALS))
 
 soak:
+	@:
+
+## `make bench reconcile`: 1M billable actions, time `manage.py reconcile` + peak RSS (bench/reconcile_bench.py).
+reconcile:
 	@:
 
 services-up:
