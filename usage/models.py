@@ -66,3 +66,35 @@ class BillableAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tier} action of {self.organization_id} paid from {self.paid_from}"
+
+
+class UsageDailyRollup(models.Model):
+    """Per org, UTC day, tier and user: how many actions and how many credits they took, so the usage
+    history page (daily chart, per-user table) reads a few hundred rows instead of scanning up to a
+    million `billable_actions` (measured: 2-3 s per GROUP BY on MariaDB at 1M actions in a period).
+
+    A derived cache, never a fact: written only by `usage.rollups.rollup_add`, called by
+    `usage.services` in the same transaction that inserts the action rows (under the org's balance
+    lock), so it always equals `GROUP BY organization, DATE(created_at), tier, user_id` over the facts.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    # UTC calendar day of the actions' created_at.
+    day = models.DateField()
+    tier = models.CharField(max_length=8, choices=[(t, t) for t in TIERS])
+    user_id = models.CharField(max_length=255)
+    # Number of billable_actions rows in this bucket, >= 1.
+    actions = models.PositiveIntegerField()
+    # SUM(billable_actions.credits_charged) of the bucket (top-up credits + overage; plan actions are 0). >= 0.
+    credits_charged = models.DecimalField(max_digits=14, decimal_places=2)
+
+    class Meta:
+        db_table = "usage_daily_rollups"
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "day", "tier", "user_id"], name="usage_rollup_unique_bucket"),
+            models.CheckConstraint(condition=Q(tier__in=list(TIERS)), name="usage_rollup_tier_valid"),
+            models.CheckConstraint(condition=Q(credits_charged__gte=0), name="usage_rollup_credits_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day} {self.tier} {self.user_id}: {self.actions}"

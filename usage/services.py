@@ -31,6 +31,7 @@ from billing.services.topups import topup_maybe_trigger
 from billing_project.errors import InvalidRequest
 
 from .models import IDEMPOTENCY_KEY_MAX_LENGTH, BillableAction
+from .rollups import rollup_add
 
 logger = logging.getLogger("usage.services")
 
@@ -150,6 +151,7 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
                 cursor.execute(_INSERT_SQL + _ROW_PLACEHOLDER,
                                _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now)))
                 action_id = cursor.lastrowid
+            rollup_add(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now)
             if charge.auto_topup_due:  # below the auto top-up threshold: intent row + task on commit (cheap)
                 topup_maybe_trigger(balance=charge.balance, now=now)
     except IntegrityError:
@@ -225,6 +227,9 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
                 ids = [r[0] for r in cursor.fetchall()]
             for i, pk in zip(inserted, ids, strict=True):
                 items[i]["actionId"] = pk
+            rollup_add(org_hex=org_hex, now=now, rows=[
+                (actions[i].user_id, actions[i].tier, charge.credits_charged)
+                for i, charge in zip(to_charge, charges, strict=True) if not isinstance(charge, BillingError)])
             if balance.auto_topup_enabled:  # the trigger checks the threshold on the locked row itself
                 topup_maybe_trigger(balance=balance, now=now)
     replayed = 0
