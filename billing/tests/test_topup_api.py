@@ -15,7 +15,7 @@ from billing.models import AutoTopupSettingsChange, CreditBalance, CreditPurchas
 from billing.services import topups
 from billing.services.balance import balance_for_update
 from billing.tests.topup_support import SIM_WEBHOOK_SECRET, customer_with_card, topup_purchased
-from billing.tests.topup_support import _topup_sim_process, topup_sim  # noqa: F401 - fixtures
+from billing.tests.topup_support import topup_sim  # noqa: F401 - fixture
 from billing.tests.webhook_support import post_event, sign  # noqa: F401
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory, OrganizationFactory

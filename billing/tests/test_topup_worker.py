@@ -14,14 +14,13 @@ from billing.models import AutoTopupSettingsChange, CreditBalance, CreditPurchas
 from billing.services import topups
 from billing.services.balance import balance_for_update
 from billing.services.grants import credit_grant_create
-from billing.tests.topup_support import _topup_sim_process, customer_with_card, topup_sim  # noqa: F401
+from billing.tests.topup_support import customer_with_card, topup_sim  # noqa: F401
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory, UserFactory
 from tests.helpers import wait_until
 from usage.services import action_record
 
-# The simulator must be up (and in os.environ) before the session's Celery worker is spawned.
-pytestmark = [pytest.mark.usefixtures("_topup_sim_process"), pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _org_with_auto_topup(card: str | None, *, grant: str = "0", threshold: int = 50, packs: int = 1, cap: int = 10):
