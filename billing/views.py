@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from organizations.access import org_view
 
-from .page_context import dashboard_context, plan_picker_context
+from .page_context import dashboard_context, invoices_context, plan_picker_context
 
 
 @org_view()
@@ -16,3 +16,8 @@ def dashboard(request: HttpRequest, membership) -> HttpResponse:
 @org_view()
 def plans(request: HttpRequest, membership) -> HttpResponse:
     return render(request, "billing/plans.html", plan_picker_context(membership=membership, now=timezone.now()))
+
+
+@org_view()
+def invoices(request: HttpRequest, membership) -> HttpResponse:
+    return render(request, "billing/invoices.html", invoices_context(membership=membership, now=timezone.now()))

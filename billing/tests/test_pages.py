@@ -85,3 +85,52 @@ def test_member_page_has_no_money_forms(client):
     assert "/api/billing/" not in html  # no form posts to money endpoints
     assert "Change plan" not in html
     assert client.post("/settings/api-keys/create", {"name": "x"}).status_code == 403
+
+
+def test_invoices_page_lists_invoices_purchases_and_events_newest_first(client, owner):
+    from decimal import Decimal
+
+    from billing.models import CreditPurchase, Invoice
+
+    now = timezone.now()
+    org = owner.organization
+    sub = _sub(org, status="past_due", now=now - dt.timedelta(days=40), trial_end=now - dt.timedelta(days=33),
+               grace_period_ends_at=now + dt.timedelta(days=5))
+    Invoice.objects.create(
+        organization=org, subscription=sub, stripe_invoice_id="in_paid", amount_due_cents=9900, amount_paid_cents=9900,
+        status="paid", hosted_invoice_url="https://sim.test/i/in_paid", invoice_pdf="https://sim.test/i/in_paid.pdf",
+        period_start=now - dt.timedelta(days=33), period_end=now - dt.timedelta(days=3),
+        paid_at=now - dt.timedelta(days=33), created_at=now - dt.timedelta(days=33), updated_at=now)
+    Invoice.objects.create(
+        organization=org, subscription=sub, stripe_invoice_id="in_open", amount_due_cents=9900, status="open",
+        hosted_invoice_url="javascript:alert(1)", created_at=now - dt.timedelta(days=2), updated_at=now)
+    CreditPurchase.objects.create(
+        organization=org, kind="manual", method="checkout", packs=2, credits=Decimal("1000.00"), amount_cents=4000,
+        status="succeeded", created_at=now - dt.timedelta(days=10), completed_at=now - dt.timedelta(days=10))
+    CreditPurchase.objects.create(
+        organization=org, kind="auto_topup", method="saved_card", packs=1, credits=Decimal("500.00"), amount_cents=2000,
+        status="failed", failure_code="CARD_DECLINED", failure_message="Your card was declined.",
+        created_at=now - dt.timedelta(days=1), completed_at=now - dt.timedelta(days=1))
+    resp = client.get("/settings/invoices")
+    assert resp.status_code == 200
+    html = resp.content.decode()
+    assert "$99.00" in html and 'href="https://sim.test/i/in_paid.pdf"' in html
+    assert "javascript:" not in html                       # only http(s) links reach an href
+    assert "$40.00" in html and "Your card was declined." in html
+    events = resp.context["events"]
+    assert [e.at for e in events] == sorted((e.at for e in events), reverse=True)
+    texts = [e.text for e in events]
+    assert "Auto top-up: 1 pack (500 credits, $20.00) — failed" in texts
+    assert "Manual: 2 packs (1000 credits, $40.00) — succeeded" in texts
+    assert "Invoice $99.00 paid" in texts and "Invoice $99.00 open" in texts
+    assert "Subscribed to Pro with a free trial" in texts and "Pro trial ended" in texts
+    assert any(t.startswith("Pro payment failed; grace period until") for t in texts)
+    assert 'scope="col"' in html and "<caption" in html
+
+
+def test_invoices_page_empty_and_other_org_404(client, owner):
+    from organizations.tests.factories import OrganizationFactory
+
+    html = client.get("/settings/invoices").content.decode()
+    assert 'data-testid="invoices-empty"' in html and 'data-testid="events-empty"' in html
+    assert client.get(f"/settings/invoices?org={OrganizationFactory().slug}").status_code == 404
