@@ -36,6 +36,7 @@ class WorkerHandle:
     hostname: str
     log_path: Path
     mail_dir: Path
+    stripe_api_base: str = ""  # the Stripe (simulator) URL the worker's gateway talks to
     _seen: set = field(default_factory=set)
 
     def outbox(self) -> list[Message]:
@@ -72,7 +73,9 @@ def _worker_env(*, db_name: str, queue: str, mail_dir: Path, stripe_api_base: st
         "TEST_EMAIL_FILE_PATH": str(mail_dir),
         "PYTHONUNBUFFERED": "1",
     })
-    if stripe_api_base:  # handlers in the worker read from the session's Stripe simulator (HOOKS)
+    # Handlers in the worker read from Stripe: point it at the session's simulator, unless a fixture
+    # already exported another simulator into os.environ before the worker started (top-up tests).
+    if stripe_api_base and not os.environ.get("STRIPE_API_BASE"):
         from .stripe_fixtures import SIM_SECRET_KEY, SIM_WEBHOOK_SECRET
 
         env.update({"STRIPE_API_BASE": stripe_api_base, "STRIPE_SECRET_KEY": SIM_SECRET_KEY,
@@ -99,15 +102,16 @@ def _celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory,
 
     with app.connection_for_write() as conn:  # stale messages from an aborted earlier run
         conn.default_channel.queue_purge(queue) if _queue_exists(conn, queue) else None
+    worker_env = _worker_env(db_name=db_name, queue=queue, mail_dir=mail_dir, stripe_api_base=stripe_sim.base_url)
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "billing_project", "worker", "-Q", queue, "-n", hostname,
          "--pool", "solo", "--concurrency", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
          "--loglevel", "INFO", "--logfile", str(log_path)],
-        cwd=ROOT, env=_worker_env(db_name=db_name, queue=queue, mail_dir=mail_dir,
-                                   stripe_api_base=stripe_sim.base_url),
+        cwd=ROOT, env=worker_env,
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    handle = WorkerHandle(process=proc, queue=queue, hostname=hostname, log_path=log_path, mail_dir=mail_dir)
+    handle = WorkerHandle(process=proc, queue=queue, hostname=hostname, log_path=log_path, mail_dir=mail_dir,
+                          stripe_api_base=worker_env.get("STRIPE_API_BASE", ""))
     try:
         wait_until(lambda: (not handle.alive()) or app.control.ping(destination=[hostname], timeout=0.5),
                    timeout=60, message="the Celery worker to answer ping")

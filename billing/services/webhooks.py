@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -284,3 +284,27 @@ def test_webhooks_replay_command_reprocesses_failed_events(deliver, capsys):
     call_command("webhooks_replay", "--failed", "--id", event["id"])
     assert row(event).status == "processed"
     assert "1 processed" in capsys.readouterr().out
+
+
+def test_pending_events_left_behind_are_requeued_and_processed_once(org, now, webhook_log,
+                                                                     django_capture_on_commit_callbacks):
+    """A lost on-commit send (broker down) leaves the row pending; the periodic sweep re-queues it."""
+    import datetime as dt
+
+    from billing.services.webhooks import WEBHOOK_REQUEUE_AFTER, webhook_event_process, webhook_events_requeue_stale
+
+    t = int(time.time())
+    event = sub_event(org, "customer.subscription.created", sub_id=uid("sub"), created=t, tier="max")
+    stale = WebhookEvent.objects.create(stripe_event_id=event["id"], type=event["type"], payload=event,
+                                        event_created=t, received_at=now - WEBHOOK_REQUEUE_AFTER - dt.timedelta(seconds=1))
+    fresh_event = make_event("customer.tax_id.created", {"id": "txi_2"}, created=t)
+    WebhookEvent.objects.create(stripe_event_id=fresh_event["id"], type=fresh_event["type"], payload=fresh_event,
+                                received_at=now)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert webhook_events_requeue_stale(now=now) == 1
+    stale.refresh_from_db()
+    assert stale.status == "processed" and WebhookEvent.objects.get(stripe_event_id=fresh_event["id"]).status == "pending"
+    webhook_event_process(event_id=stale.pk, now=now)  # a second run (double send) does nothing
+    assert webhook_log(event["id"]) == 1
+    org.refresh_from_db()
+    assert org.subscription_tier == "max"

@@ -18,11 +18,12 @@ from django.utils import timezone
 from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Subscription, WebhookEvent
 from billing.services.balance import balance_charge
-from billing.services.checkout import checkout_start
+from billing.services.checkout import checkout_start, stripe_prices_ensure
 from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 from tests.helpers import wait_until
+from tests.stripe_fixtures import StripeSim
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 
@@ -31,9 +32,19 @@ PAST = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 @pytest.fixture
 def env(stripe_settings, celery_worker, live_server, settings):
-    stripe_settings.sim.configure_webhooks(f"{live_server.url}/api/webhooks/stripe", settings.STRIPE_WEBHOOK_SECRET,
-                                           backoff_seconds=0.05)
-    return stripe_settings.sim, celery_worker
+    sim = stripe_settings.sim
+    if celery_worker.stripe_api_base and celery_worker.stripe_api_base != sim.base_url:
+        # The session's worker was started against another simulator process (a fixture exported
+        # its URL first): use that one, so the worker and this test see the same Stripe.
+        sim = StripeSim(celery_worker.stripe_api_base, proc=None)
+        settings.STRIPE_API_BASE = sim.base_url
+        gw.reset_client()
+        for name, price_id in stripe_prices_ensure().items():
+            setattr(settings, name, price_id)
+    sim.configure_webhooks(f"{live_server.url}/api/webhooks/stripe", settings.STRIPE_WEBHOOK_SECRET,
+                           backoff_seconds=0.05)
+    yield sim, celery_worker
+    sim.configure_webhooks(None, settings.STRIPE_WEBHOOK_SECRET)
 
 
 def _org() -> Organization:
