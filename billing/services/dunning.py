@@ -141,8 +141,13 @@ def _send_grace_reminders(*, now: dt.datetime, result: DunningResult) -> None:
                 continue
             sub.grace_ending_notified_at = now
             sub.save(update_fields=["grace_ending_notified_at"])
+            unpaid = (Invoice.objects.filter(subscription=sub, status=InvoiceStatus.OPEN)
+                      .order_by("-created_at").first())
             notify_org_admins(organization_id=sub.organization_id, kind="grace_ending", context={
                 "grace_period_ends_at": iso(sub.grace_period_ends_at), "plan": PLANS[sub.plan_tier].name,
+                "hosted_invoice_url": unpaid.hosted_invoice_url if unpaid else "",
+                "amount_cents": unpaid.amount_due_cents if unpaid else None,
+                "amount": format_cents(unpaid.amount_due_cents, unpaid.currency) if unpaid else "",
             })
             result.reminded.append(sub.stripe_subscription_id)
 

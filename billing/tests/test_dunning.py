@@ -128,6 +128,6 @@ def test_grace_ending_reminder_is_sent_once(org, subscribed, deliver, django_cap
         second = dunning_enforce(now=grace_end - dt.timedelta(hours=2))
     assert first.reminded == [subscribed.stripe_subscription_id] and second.reminded == []
     assert first.canceled == [] and first.errors == []
-    assert len(mail.outbox) == 1
+    assert len(mail.outbox) == 1 and f"/invoices/{inv_id}" in mail.outbox[0].body  # the link to pay
     org.refresh_from_db()
     assert org.subscription_tier == "pro"  # still in grace: plan keeps working
