@@ -93,7 +93,10 @@ def test_usage_and_invoices_at_phone_width(logged_in_page, org_with_usage, scree
     expect(page.get_by_test_id("usage-chart")).to_be_visible()
     # The page itself never scrolls sideways; the chart and tables scroll inside their boxes.
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    # The chart keeps a readable size and scrolls sideways inside its own box.
+    assert page.get_by_test_id("usage-chart").bounding_box()["width"] >= 600
     screenshot(page, "usage-phone")
+    screenshot(page, "usage-phone-top", full_page=False)
     page.goto("/settings/invoices")
     expect(page.get_by_test_id("invoices-empty")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
