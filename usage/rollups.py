@@ -20,9 +20,11 @@ _TABLE = UsageDailyRollup._meta.db_table
 _COLUMNS = "(organization_id, day, tier, user_id, actions, credits_charged)"
 
 
-def rollup_add(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]], now: dt.datetime) -> None:
-    """Count `rows` = (user_id, tier, credits_charged) actions created at `now` (an aware datetime) into
-    the org's buckets for now's UTC day."""
+def rollup_statement(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]],
+                     now: dt.datetime) -> tuple[str, list] | None:
+    """(sql, params) of the upsert counting `rows` = (user_id, tier, credits_charged) actions created at
+    `now` (aware) into the org's buckets for now's UTC day; None when there is nothing to count.
+    Exposed so the hot path may send it in the same round trip as its other statements."""
     day = now.astimezone(dt.UTC).date()
     buckets: dict[tuple[str, str], list] = defaultdict(lambda: [0, Decimal("0.00")])
     for user_id, tier, credits in rows:
@@ -30,7 +32,7 @@ def rollup_add(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]], now: d
         bucket[0] += 1
         bucket[1] += Decimal(credits)
     if not buckets:
-        return
+        return None
     params: list = []
     for (tier, user_id), (count, credits) in sorted(buckets.items()):
         params += [org_hex, day, tier, user_id, count, credits]
@@ -43,5 +45,12 @@ def rollup_add(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]], now: d
                "ON CONFLICT (organization_id, day, tier, user_id) DO UPDATE SET "
                f"actions = {_TABLE}.actions + excluded.actions, "
                f"credits_charged = {_TABLE}.credits_charged + excluded.credits_charged")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return sql, params
+
+
+def rollup_add(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]], now: dt.datetime) -> None:
+    """Run `rollup_statement` (inside the caller's transaction, under the org's balance lock)."""
+    statement = rollup_statement(org_hex=org_hex, rows=rows, now=now)
+    if statement is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(*statement)
