@@ -55,7 +55,9 @@ class StripeCardError(BillingError):
 
 def _settings_key() -> tuple:
     return (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE,
-            getattr(settings, "STRIPE_MAX_NETWORK_RETRIES", MAX_NETWORK_RETRIES))
+            getattr(settings, "STRIPE_MAX_NETWORK_RETRIES", MAX_NETWORK_RETRIES),
+            # Seconds to wait for Stripe's answer per attempt (fault tests shorten it).
+            float(getattr(settings, "STRIPE_READ_TIMEOUT_SECONDS", READ_TIMEOUT_SECONDS)))
 
 
 def get_client() -> stripe.StripeClient:
@@ -64,7 +66,7 @@ def get_client() -> stripe.StripeClient:
     key = _settings_key()
     with _client_lock:
         if _client is None or _client_key != key:
-            secret, api_base, retries = key
+            secret, api_base, retries, read_timeout = key
             if not secret:
                 raise BillingError("Stripe is not configured (STRIPE_SECRET_KEY is empty)",
                                    code="STRIPE_NOT_CONFIGURED", http_status=503)
@@ -72,7 +74,7 @@ def get_client() -> stripe.StripeClient:
             _client = stripe.StripeClient(
                 secret, stripe_version=STRIPE_API_VERSION, base_addresses=base_addresses,
                 max_network_retries=max(0, min(int(retries), 5)),
-                http_client=stripe.RequestsClient(timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)),
+                http_client=stripe.RequestsClient(timeout=(CONNECT_TIMEOUT_SECONDS, read_timeout)),
             )
             _client_key = key
         return _client

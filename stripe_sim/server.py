@@ -10,8 +10,11 @@ import logging
 import os
 import re
 import secrets
+import socket
+import struct
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -25,11 +28,68 @@ logger = logging.getLogger("stripe_sim")
 
 Route = tuple[str, re.Pattern[str], Callable[..., Any], bool]  # method, path, handler, mutating
 
+FAULT_MODES = ("500", "timeout", "reset")
+
+
+class Faults:
+    """Injected REST failures (`POST /_sim/faults`), for fault tests of the app's gateway:
+
+    - `500`: answer `500 api_error` (with `process: true` the request is carried out first, as when
+      Stripe fails after doing the work);
+    - `timeout`: carry the request out (unless `process: false`), then hold the answer for
+      `delay_seconds` (default 10) — the client's read timeout fires first — then answer (or drop);
+    - `reset`: close the connection with a TCP RST and no answer (`process` defaults to false).
+    Each fault applies to the next `count` REST requests whose path starts with `path_prefix` (and
+    whose method is `method`, if given); `hits` counts the ones it caught."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[dict[str, Any]] = []
+
+    def add(self, data: dict[str, Any]) -> dict[str, Any]:
+        mode = str(data.get("mode", ""))
+        if mode not in FAULT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(FAULT_MODES)}")
+        prefix = data.get("path_prefix") or "/v1/"
+        if not isinstance(prefix, str) or not prefix.startswith("/v1/"):
+            raise ValueError("path_prefix must start with /v1/")
+        count = int(data.get("count", 1))
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        method = data.get("method")
+        fault = {"id": f"flt_{secrets.token_hex(4)}", "path_prefix": prefix, "mode": mode, "count": count,
+                 "method": method.upper() if isinstance(method, str) else None,
+                 "process": bool(data.get("process", mode == "timeout")),
+                 "delay_seconds": float(data.get("delay_seconds", 10.0)), "hits": 0}
+        with self.lock:
+            self.items.append(fault)
+        return dict(fault)
+
+    def take(self, method: str, path: str) -> dict[str, Any] | None:
+        with self.lock:
+            for fault in self.items:
+                if fault["hits"] >= fault["count"] or not path.startswith(fault["path_prefix"]):
+                    continue
+                if fault["method"] and fault["method"] != method:
+                    continue
+                fault["hits"] += 1
+                return dict(fault)
+        return None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [{**f, "remaining": f["count"] - f["hits"]} for f in self.items]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
 
 class App:
     def __init__(self, *, public_url: str, webhook_url: str | None, webhook_secret: str | None,
                  api_version: str = DEFAULT_API_VERSION, state_file: str | None = None) -> None:
         self.deliverer = Deliverer(url=webhook_url, secret=webhook_secret)
+        self.faults = Faults()
         self.sim = Sim(public_url=public_url, api_version=api_version, on_event=self.deliverer.enqueue)
         self.state_file = state_file
         if state_file and os.path.exists(state_file):
@@ -320,10 +380,35 @@ class Handler(BaseHTTPRequestHandler):
         params = decode(query) if method == "GET" or not body else decode(body.decode())
         if method == "DELETE" and query:
             params = {**decode(query), **params}
+        fault = self.app.faults.take(method, path)
+        if fault is not None:
+            return self._api_fault(fault, method, path, params, headers)
         status, obj, extra = self.app.handle_api(method, path, params, self.headers.get("Idempotency-Key"))
         if isinstance(obj.get("error"), dict):
             obj["error"].setdefault("request_log_url", f"{self.app.sim.public_url}/logs/{req_id}")
         self._json(status, obj, {**headers, **extra})
+
+    def _api_fault(self, fault: dict[str, Any], method: str, path: str, params: Obj, headers: dict) -> None:
+        logger.warning("injected fault %s (%s) on %s %s", fault["id"], fault["mode"], method, path)
+        status, obj, extra = 500, {}, {}
+        if fault["process"]:
+            status, obj, extra = self.app.handle_api(method, path, params, self.headers.get("Idempotency-Key"))
+        self.close_connection = True
+        if fault["mode"] == "500":
+            return self._json(500, {"error": {"type": "api_error", "message": "Injected fault (simulator)."}},
+                              headers)
+        if fault["mode"] == "timeout":
+            time.sleep(fault["delay_seconds"])
+            try:
+                if fault["process"]:
+                    self._json(status, obj, {**headers, **extra})
+            except OSError:
+                pass  # the client gave up long ago
+            return None
+        # reset: RST instead of an answer
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        return None
 
     # -- control -------------------------------------------------------------------------------
     def _control(self, method: str, path: str) -> None:
@@ -346,7 +431,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"webhook_url": d.url, "webhook_secret_set": bool(d.secret),
                                     "webhook_max_attempts": d.max_attempts, "api_version": sim.api_version,
                                     "public_url": sim.public_url})
+        if path == "/_sim/faults":
+            if method == "POST":
+                try:
+                    return self._json(200, app.faults.add(data))
+                except (TypeError, ValueError) as exc:
+                    return self._json(400, {"error": str(exc)})
+            if method == "DELETE":
+                app.faults.clear()
+            return self._json(200, {"faults": app.faults.snapshot()})
         if path == "/_sim/reset" and method == "POST":
+            app.faults.clear()
             app.deliverer.clear()
             sim.reset()
             app.save()
