@@ -8,13 +8,14 @@ concurrent batches always take row locks in the same order).
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
 
 from django.db import connection
 
-from .models import UsageDailyRollup
+from .models import BillableAction, UsageDailyRollup
 
 _TABLE = UsageDailyRollup._meta.db_table
 _COLUMNS = "(organization_id, day, tier, user_id, actions, credits_charged)"
@@ -54,3 +55,56 @@ def rollup_add(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]], now: d
     if statement is not None:
         with connection.cursor() as cursor:
             cursor.execute(*statement)
+
+
+# --- reconcile: the rollups are a derived cache, checked and rebuilt from the facts -------------
+
+_BA = BillableAction._meta.db_table
+
+
+def _day_expr() -> str:
+    # created_at is stored as naive UTC (MySQL backend under USE_TZ) or an ISO string (SQLite).
+    return "DATE(created_at)"
+
+
+def rollup_drifts(organization_ids: list) -> dict:
+    """{org uuid.UUID: [(day, tier, user_id, fact_actions, fact_credits, rollup_actions, rollup_credits)]}
+    for every bucket where the rollup disagrees with GROUP BY over the facts. The comparison runs in
+    SQL (UNION ALL of both sides, grouped): only mismatched buckets reach Python, so memory stays
+    flat whatever the number of actions."""
+    if not organization_ids:
+        return {}
+    hexes = [getattr(o, "hex", o) for o in organization_ids]
+    marks = ", ".join(["%s"] * len(hexes))
+    sql = (
+        "SELECT organization_id, day, tier, user_id, SUM(fa), SUM(fc), SUM(ra), SUM(rc) FROM ("
+        f" SELECT organization_id, {_day_expr()} AS day, tier, user_id, COUNT(*) AS fa,"
+        "  SUM(credits_charged) AS fc, 0 AS ra, 0 AS rc"
+        f" FROM {_BA} WHERE organization_id IN ({marks}) GROUP BY organization_id, {_day_expr()}, tier, user_id"
+        " UNION ALL"
+        " SELECT organization_id, day, tier, user_id, 0, 0, actions, credits_charged"
+        f" FROM {_TABLE} WHERE organization_id IN ({marks})"
+        ") x GROUP BY organization_id, day, tier, user_id"
+        " HAVING SUM(fa) <> SUM(ra) OR SUM(fc) <> SUM(rc)"
+        " ORDER BY organization_id, day, tier, user_id"
+    )
+    out: dict = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, hexes + hexes)
+        for org_hex, day, tier, user_id, fa, fc, ra, rc in cursor.fetchall():
+            out.setdefault(uuid.UUID(str(org_hex)), []).append((str(day), tier, user_id, int(fa), Decimal(fc or 0).quantize(
+                Decimal("0.01")), int(ra), Decimal(rc or 0).quantize(Decimal("0.01"))))
+    return out
+
+
+def rollups_rebuild(*, org_hex: str) -> int:
+    """Replace an org's rollups by GROUP BY over its facts. The caller holds the org's balance lock
+    (every writer of facts and rollups does), so nothing changes underneath. Returns buckets written."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {_TABLE} WHERE organization_id = %s", [org_hex])
+        cursor.execute(
+            f"INSERT INTO {_TABLE} {_COLUMNS}"
+            f" SELECT organization_id, {_day_expr()}, tier, user_id, COUNT(*), SUM(credits_charged)"
+            f" FROM {_BA} WHERE organization_id = %s GROUP BY organization_id, {_day_expr()}, tier, user_id",
+            [org_hex])
+        return cursor.rowcount

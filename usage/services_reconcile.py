@@ -20,6 +20,10 @@ Everything is computed by SQL aggregates per chunk of orgs (one GROUP BY over th
 actions joined with its balances, one over its purchases); Python only sees a few rows per org,
 so memory stays flat whatever the number of actions. Orgs are streamed by keyset pagination.
 
+The daily usage rollups (`usage_daily_rollups`, a derived cache for the usage pages) are checked
+too: one SQL comparison per chunk returns only the buckets that disagree with the facts; a drifted
+bucket is reported as field `rollup:<day>/<tier>/<user>` and fixed by rebuilding the org's rollups.
+
 Fixing happens per org under the balance row lock (billing's balance_for_update, which also rolls
 a free org's ended period): the facts are re-aggregated inside the lock (READ COMMITTED, and every
 fact writer holds that lock), and only the drifted columns are written, each logged on
@@ -44,6 +48,7 @@ from billing.services.balance import balance_for_update
 from organizations.models import Organization
 
 from .models import BillableAction
+from .rollups import rollup_drifts, rollups_rebuild
 
 logger = logging.getLogger("usage.reconcile")
 
@@ -60,6 +65,7 @@ COUNTER_FIELDS: tuple[str, ...] = (
     "overage_credits_owed",
 )
 MISSING_BALANCE = "balance"
+ROLLUP_FIELD_PREFIX = "rollup:"
 
 
 @dataclass
@@ -142,8 +148,8 @@ def _json_value(value: Any) -> Any:
 
 
 def _difference(cached: Any, expected: Any) -> Any:
-    if cached is None or expected is None:
-        return None
+    if not isinstance(cached, (int, Decimal)) or not isinstance(expected, (int, Decimal)):
+        return None  # a missing row, or a rollup bucket described as text
     return cached - expected
 
 
@@ -274,8 +280,10 @@ def reconcile_orgs(*, now: dt.datetime, org_slug: str | None = None, fix: bool =
         ids = [org_id for org_id, _ in orgs]
         balances = {b.organization_id: b for b in CreditBalance.objects.filter(organization_id__in=ids)}
         facts = org_facts(ids)
+        rollups = rollup_drifts(ids)
         for org in orgs:
             drifts = balance_drifts(organization=org, balance=balances.get(org[0]), facts=facts[org[0]])
+            drifts += _rollup_drifts(organization=org, buckets=rollups.get(org[0], []))
             report.checked_orgs += 1
             if not drifts:
                 continue
@@ -285,6 +293,14 @@ def reconcile_orgs(*, now: dt.datetime, org_slug: str | None = None, fix: bool =
         if progress is not None:
             progress(report.checked_orgs)
     return report
+
+
+def _rollup_drifts(*, organization: tuple[uuid.UUID, str], buckets: list[tuple]) -> list[Drift]:
+    """One drift per disagreeing rollup bucket: cached = (actions, credits) in the rollup."""
+    org_id, slug = organization
+    return [Drift(org_id, slug, f"{ROLLUP_FIELD_PREFIX}{day}/{tier}/{user_id}", f"{ra} actions / {rc} credits",
+                  f"{fa} actions / {fc} credits")
+            for day, tier, user_id, fa, fc, ra, rc in buckets]
 
 
 def _fix_one(*, org: tuple[uuid.UUID, str], now: dt.datetime, actor: str, report: ReconcileReport) -> None:
@@ -300,24 +316,28 @@ def _fix_one(*, org: tuple[uuid.UUID, str], now: dt.datetime, actor: str, report
 
 
 def balance_rebuild(*, organization_id: uuid.UUID, now: dt.datetime, actor: str = "reconcile") -> list[str]:
-    """Rewrite one org's cached balance from its facts, under the balance row lock (created, or a
-    free period rolled, as balance_for_update does). Returns the columns changed; each is logged
-    on billing.money. Raises IntegrityError if the rebuilt values break a balance constraint."""
+    """Rewrite one org's cached balance (and its usage rollups) from its facts, under the balance
+    row lock (created, or a free period rolled, as balance_for_update does). Returns the columns
+    changed (plus "usage_daily_rollups" when those were rebuilt); each is logged on billing.money.
+    Raises IntegrityError if the rebuilt values break a balance constraint."""
     with transaction.atomic():
         balance = balance_for_update(organization_id=organization_id, now=now)
         # Re-aggregated inside the lock: every writer of facts for this org holds it.
         facts = org_facts([organization_id])[organization_id]
         expected = facts.expected(plan_tier=balance.plan_tier)
         changed = [name for name in COUNTER_FIELDS if getattr(balance, name) != expected[name]]
-        if not changed:
-            return []
-        for name in changed:
-            log_money("balance.reconciled", org=organization_id, field=name, cached=getattr(balance, name),
-                      rebuilt=expected[name], period_start=balance.period_start, by=actor)
-            setattr(balance, name, expected[name])
-        balance.version += 1
-        balance.updated_at = now
-        balance.save(update_fields=[*changed, "version", "updated_at"])
+        if changed:
+            for name in changed:
+                log_money("balance.reconciled", org=organization_id, field=name, cached=getattr(balance, name),
+                          rebuilt=expected[name], period_start=balance.period_start, by=actor)
+                setattr(balance, name, expected[name])
+            balance.version += 1
+            balance.updated_at = now
+            balance.save(update_fields=[*changed, "version", "updated_at"])
+        if rollup_drifts([organization_id]):
+            buckets = rollups_rebuild(org_hex=organization_id.hex)
+            log_money("rollups.rebuilt", org=organization_id, buckets=buckets, by=actor)
+            changed.append("usage_daily_rollups")
     return changed
 
 
@@ -331,16 +351,18 @@ class StripeReport:
     stuck_purchases: list[dict[str, Any]] = field(default_factory=list)
     failed_webhooks: list[dict[str, Any]] = field(default_factory=list)
     stuck_webhooks: list[dict[str, Any]] = field(default_factory=list)
+    stuck_checkouts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
         return (len(self.mismatches) + len(self.errors) + len(self.stuck_purchases) + len(self.failed_webhooks)
-                + len(self.stuck_webhooks))
+                + len(self.stuck_webhooks) + len(self.stuck_checkouts))
 
     def as_dict(self) -> dict[str, Any]:
         return {"checkedSubscriptions": self.checked_subscriptions, "mismatches": self.mismatches,
                 "errors": self.errors, "stuckPurchases": self.stuck_purchases,
-                "failedWebhooks": self.failed_webhooks, "stuckWebhooks": self.stuck_webhooks}
+                "failedWebhooks": self.failed_webhooks, "stuckWebhooks": self.stuck_webhooks,
+                "stuckCheckouts": self.stuck_checkouts}
 
 
 def _stripe_view(obj: dict) -> dict[str, Any]:
@@ -365,6 +387,8 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
     from billing.errors import BillingError  # noqa: PLC0415
     from billing.models import ENDED_SUBSCRIPTION_STATUSES, Subscription  # noqa: PLC0415
     from billing.services.health import (  # noqa: PLC0415
+        checkout_intent_row,
+        checkout_intents_stuck,
         purchase_row,
         purchases_stuck,
         webhook_events_failed,
@@ -390,7 +414,8 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
         except BillingError as exc:
             report.errors.append({**base, "error": exc.code, "message": exc.message})
             continue
-        local = {"status": sub.status, "plan_tier": sub.plan_tier, "cancel_at_period_end": sub.cancel_at_period_end,
+        # A deferred downgrade: Stripe already bills the pending (lower) plan's price.
+        local = {"status": sub.status, "plan_tier": sub.pending_plan_tier or sub.plan_tier, "cancel_at_period_end": sub.cancel_at_period_end,
                  "current_period_end": sub.current_period_end}
         for name, value in local.items():
             if remote[name] is not None and remote[name] != value:
@@ -401,6 +426,10 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
     if org_slug is not None:
         purchases = purchases.filter(organization__slug=org_slug)
     report.stuck_purchases = [purchase_row(p, now=now) for p in purchases[:1000]]
+    checkouts = checkout_intents_stuck(now=now)
+    if org_slug is not None:
+        checkouts = checkouts.filter(organization__slug=org_slug)
+    report.stuck_checkouts = [checkout_intent_row(i, now=now) for i in checkouts[:1000]]
     if org_slug is None:  # events carry no org column; listed only for a whole-database run
         report.failed_webhooks = [webhook_row(e, now=now) for e in failed[:1000]]
         report.stuck_webhooks = [webhook_row(e, now=now) for e in webhook_events_stuck(now=now)[:1000]]

@@ -173,3 +173,38 @@ def test_missing_balance_with_facts_is_a_drift_and_fix_creates_it(busy_org, now)
 def test_grant_purchase_rows_feed_topup_purchased(busy_org):
     assert CreditPurchase.objects.filter(organization=busy_org, kind="grant").count() == 1
     assert set(TIERS) == {"small", "medium", "large", "xl"}
+
+
+@pytest.mark.parametrize("damage", ["changed", "deleted", "bogus"])
+def test_rollup_drift_is_found_and_rebuilt_from_the_facts(busy_org, quiet_org, damage):
+    from usage.models import UsageDailyRollup
+
+    def snapshot():
+        return sorted(UsageDailyRollup.objects.filter(organization=busy_org)
+                      .values_list("day", "tier", "user_id", "actions", "credits_charged"))
+
+    good = snapshot()
+    assert good, "the services keep rollups for recorded actions"
+    row = UsageDailyRollup.objects.filter(organization=busy_org, tier="small").first()
+    with connection.cursor() as cursor:  # damage behind the services' back
+        if damage == "changed":
+            cursor.execute("UPDATE usage_daily_rollups SET actions = actions + 2 WHERE id = %s", [row.pk])
+        elif damage == "deleted":
+            cursor.execute("DELETE FROM usage_daily_rollups WHERE id = %s", [row.pk])
+        else:
+            cursor.execute("INSERT INTO usage_daily_rollups (organization_id, day, tier, user_id, actions,"
+                           " credits_charged) VALUES (%s, %s, 'xl', 'ghost', 3, 45.00)",
+                           [busy_org.pk.hex, row.day])
+
+    code, out = run_reconcile("--json")
+    doc = json.loads(out)
+    assert code == 1
+    fields = [(d["org"], d["field"]) for d in doc["drifts"]]
+    expected_user = "ghost" if damage == "bogus" else "u1"
+    expected_tier = "xl" if damage == "bogus" else "small"
+    assert fields == [("busy", f"rollup:{row.day}/{expected_tier}/{expected_user}")]
+
+    code, out = run_reconcile("--fix")
+    assert code == 0, out
+    assert snapshot() == good
+    assert run_reconcile()[0] == 0
