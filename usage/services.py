@@ -22,6 +22,7 @@ from billing.services.balance import (
     balance_charge_many,
     balance_check,
     balance_for_update,
+    balance_update_statement,
     db_datetime,
     org_id_hex,
     remaining_by_tier,
@@ -145,12 +146,18 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
     org_hex = org_id_hex(organization_id)
     try:
         with transaction.atomic():
-            charge = balance_charge(organization_id=org_hex, tier=tier, now=now)
+            charge = balance_charge(organization_id=org_hex, tier=tier, now=now, write=False)
             body = _body(charge)
+            params = _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now))
+            update = balance_update_statement(charge.balance, now=now)
             with connection.cursor() as cursor:
-                cursor.execute(_INSERT_SQL + _ROW_PLACEHOLDER,
-                               _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now)))
+                # INSERT + the balance UPDATE in one round trip (mysqlclient enables multi-statements)
+                # while the row lock is held; a duplicate key fails the INSERT and skips the UPDATE.
+                cursor.execute(f"{_INSERT_SQL}{_ROW_PLACEHOLDER}; {update[0]}", params + update[1])
                 action_id = cursor.lastrowid
+                cursor.nextset()
+                if cursor.rowcount != 1:
+                    raise RuntimeError(f"balance UPDATE matched {cursor.rowcount} rows for org {org_hex}")
             rollup_add(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now)
             if charge.auto_topup_due:  # below the auto top-up threshold: intent row + task on commit (cheap)
                 topup_maybe_trigger(balance=charge.balance, now=now)
@@ -205,7 +212,9 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
             if key:
                 first_in_batch[key] = i
             to_charge.append(i)
-        charges = balance_charge_many(balance=balance, tiers=[actions[i].tier for i in to_charge], now=now)
+        charges = balance_charge_many(balance=balance, tiers=[actions[i].tier for i in to_charge], now=now,
+                                      write=False)
+        update = balance_update_statement(balance, now=now)
         items: list[dict[str, Any] | None] = [None] * len(actions)
         params: list[Any] = []
         inserted: list[int] = []
@@ -221,10 +230,18 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
             params += _row_params(org_hex, actions[i], charge, body if actions[i].idempotency_key else None, now_db)
             inserted.append(i)
         if inserted:
+            # The multi-row INSERT and the balance UPDATE go in one round trip (multi-statement).
             sql = _INSERT_SQL + ", ".join([_ROW_PLACEHOLDER] * len(inserted)) + " RETURNING id"
             with connection.cursor() as cursor:
-                cursor.execute(sql, params)
+                cursor.execute(f"{sql}; {update[0]}", params + update[1])
                 ids = [r[0] for r in cursor.fetchall()]
+                cursor.nextset()
+                if cursor.rowcount != 1:
+                    raise RuntimeError(f"balance UPDATE matched {cursor.rowcount} rows for org {org_hex}")
+        elif update is not None:  # nothing accepted; only warning timestamps may have changed
+            with connection.cursor() as cursor:
+                cursor.execute(*update)
+        if inserted:
             for i, pk in zip(inserted, ids, strict=True):
                 items[i]["actionId"] = pk
             rollup_add(org_hex=org_hex, now=now, rows=[

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import slug_re
 from django.http import HttpRequest
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -24,7 +25,8 @@ from billing_project.errors import AppError, AuthenticationRequired, InvalidRequ
 from organizations.models import Organization
 from organizations.services import TOKEN_PREFIX, api_key_authenticate
 
-from .services import ActionInput, action_check, action_record, actions_record_batch
+from .coalesce import action_record_coalesced
+from .services import ActionInput, action_check, actions_record_batch
 
 #: A batch of 1000 actions with keys and metadata does not fit in the default 64 KiB.
 BATCH_MAX_BODY_BYTES = 1024 * 1024
@@ -64,7 +66,9 @@ def _org_id(caller: Caller, raw: Any) -> uuid.UUID:
     try:
         org_id = uuid.UUID(raw)
     except ValueError:
-        org_id = Organization.objects.filter(slug=raw).values_list("pk", flat=True).first()
+        # Not a slug (e.g. a lone surrogate or NUL): it names no org; don't send it to the database.
+        org_id = (Organization.objects.filter(slug=raw).values_list("pk", flat=True).first()
+                  if slug_re.fullmatch(raw) else None)
         if org_id is None:
             raise NotFound("organization not found", code="ORG_NOT_FOUND") from None
     if caller.org_scope is not None and org_id != caller.org_scope:
@@ -106,10 +110,9 @@ def usage_record(request: HttpRequest):
     caller = _authenticate(request)
     data = parse_json_body(request)
     org_id = _org_id(caller, data.get("orgId"))
-    a = _action_input(data)
-    result = action_record(organization_id=org_id, user_id=a.user_id, tier=a.tier, agent_id=a.agent_id,
-                           agent_name=a.agent_name, action_key=a.action_key, description=a.description,
-                           metadata=a.metadata, idempotency_key=a.idempotency_key, now=timezone.now())
+    action = _action_input(data)
+    # Concurrent records of one org in this worker share one transaction (see usage.coalesce).
+    result = action_record_coalesced(org_hex=org_id.hex, action=action, now=timezone.now())
     return result.body, (201 if result.created else 200)
 
 

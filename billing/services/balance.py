@@ -151,11 +151,14 @@ def _mark(balance: CreditBalance, attname: str, value: Any) -> None:
     balance._changed.add(attname)
 
 
-def _save_changes(balance: CreditBalance, *, now: dt.datetime) -> None:
-    """One UPDATE of the changed columns (+ version, updated_at). Caller holds the row lock."""
+def balance_update_statement(balance: CreditBalance, *, now: dt.datetime) -> tuple[str, list] | None:
+    """The one UPDATE (changed columns + version + updated_at) that writes `balance`'s pending
+    changes, or None. The in-memory balance counts as written: the caller must execute the
+    statement in the same transaction, under the lock it holds (e.g. sent together with its own
+    INSERT as one multi-statement round trip, which shortens the time the row stays locked)."""
     changed = tuple(sorted(getattr(balance, "_changed", ()) or ()))
     if not changed:
-        return
+        return None
     sql = _UPDATE_SQL_CACHE.get(changed)
     if sql is None:
         sets = ", ".join(f"{_COLUMN[a]} = %s" for a in changed)
@@ -163,11 +166,19 @@ def _save_changes(balance: CreditBalance, *, now: dt.datetime) -> None:
         _UPDATE_SQL_CACHE[changed] = sql
     params = [_db_value(getattr(balance, a)) for a in changed]
     params += [db_datetime(now), balance.pk]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
     balance.version += 1
     balance.updated_at = now
     balance._changed = set()
+    return sql, params
+
+
+def _save_changes(balance: CreditBalance, *, now: dt.datetime) -> None:
+    """One UPDATE of the changed columns (+ version, updated_at). Caller holds the row lock."""
+    statement = balance_update_statement(balance, now=now)
+    if statement is None:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(*statement)
 
 
 def _db_value(value: Any) -> Any:
@@ -388,22 +399,26 @@ def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime) -> ChargeResu
                         auto_topup_due=auto_due)
 
 
-def balance_charge(*, organization_id: Any, tier: str, now: dt.datetime) -> ChargeResult:
+def balance_charge(*, organization_id: Any, tier: str, now: dt.datetime, write: bool = True) -> ChargeResult:
     """Lock the org's balance and charge one action of `tier` (rules above). Must be called
     inside transaction.atomic(), which must also write the action's fact row. Raises
-    BillingError INVALID_ACTION_TIER (400) / CREDITS_EXHAUSTED (402), NotFound ORG_NOT_FOUND."""
+    BillingError INVALID_ACTION_TIER (400) / CREDITS_EXHAUSTED (402), NotFound ORG_NOT_FOUND.
+    write=False leaves the UPDATE to the caller: execute balance_update_statement(result.balance)
+    in the same transaction."""
     validate_tier(tier)
     balance = balance_for_update(organization_id=organization_id, now=now)
     result = _apply(balance, tier, now=now)
-    _save_changes(balance, now=now)
+    if write:
+        _save_changes(balance, now=now)
     return result
 
 
-def balance_charge_many(*, balance: CreditBalance, tiers: list[str], now: dt.datetime
+def balance_charge_many(*, balance: CreditBalance, tiers: list[str], now: dt.datetime, write: bool = True
                         ) -> list[ChargeResult | BillingError]:
     """Charge several actions, in order, against a balance the caller locked with
-    balance_for_update in this transaction; one UPDATE at the end. Per item: the ChargeResult,
-    or the CREDITS_EXHAUSTED error (nothing charged for that item; later items still tried)."""
+    balance_for_update in this transaction; one UPDATE at the end (write=False: the caller
+    executes balance_update_statement). Per item: the ChargeResult, or the CREDITS_EXHAUSTED
+    error (nothing charged for that item; later items still tried)."""
     out: list[ChargeResult | BillingError] = []
     for tier in tiers:
         validate_tier(tier)
@@ -411,7 +426,8 @@ def balance_charge_many(*, balance: CreditBalance, tiers: list[str], now: dt.dat
             out.append(_apply(balance, tier, now=now))
         except BillingError as exc:
             out.append(exc)
-    _save_changes(balance, now=now)
+    if write:
+        _save_changes(balance, now=now)
     return out
 
 
