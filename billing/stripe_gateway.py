@@ -21,6 +21,8 @@ from typing import Any
 import stripe
 from django.conf import settings
 
+from billing_project.api import json_loads_strict
+
 from .errors import BillingError
 
 logger = logging.getLogger("billing.stripe")
@@ -409,9 +411,10 @@ def webhook_construct_event(payload: bytes, sig_header: str, *, secret: str | No
     except UnicodeDecodeError as exc:
         raise BillingError("webhook body is not UTF-8", code="STRIPE_INVALID_PAYLOAD") from exc
     try:
-        event = json.loads(payload)
+        # Strict: no NaN/Infinity, lone surrogates or deep nesting - the event is stored in a JSON column.
+        event = json_loads_strict(payload)
     except ValueError as exc:
-        raise BillingError("webhook body is not JSON", code="STRIPE_INVALID_PAYLOAD") from exc
+        raise BillingError(f"webhook body is not JSON we can store: {exc}", code="STRIPE_INVALID_PAYLOAD") from exc
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") or not event.get("type"):
         raise BillingError("webhook body is not a Stripe event", code="STRIPE_INVALID_PAYLOAD")
     if event.get("api_version") != STRIPE_API_VERSION:

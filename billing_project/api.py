@@ -15,6 +15,53 @@ from .errors import AppError, InvalidRequest, ServiceUnavailable
 logger = logging.getLogger("billing_project.api")
 
 MAX_JSON_BODY_BYTES = 64 * 1024
+#: Deepest nesting accepted in a JSON body; MariaDB's JSON functions (the JSON_VALID CHECK on our JSON
+#: columns) refuse documents nested deeper than 32.
+MAX_JSON_DEPTH = 32
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _check_depth(data: Any) -> None:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+
+
+def json_loads_strict(raw: bytes) -> Any:
+    """Parse JSON the way our stores can hold it, or raise ValueError (never anything else):
+    UTF-8 only; no NaN/Infinity and no number overflowing a float (MariaDB's JSON CHECK refuses
+    them); no lone surrogate escapes like "\\ud800" (they cannot be encoded to utf8mb4); at most
+    MAX_JSON_DEPTH levels; Python's own limit of 4300 digits per integer."""
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    _check_depth(data)
+    # A lone surrogate can only arrive as a \uD800-\uDFFF escape: re-encode only when one may be there.
+    if b"\\ud" in raw or b"\\uD" in raw:
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("lone surrogate escape in a string") from None
+    return data
 
 
 def error_response(exc: AppError) -> JsonResponse:
@@ -36,9 +83,9 @@ def parse_json_body(request: HttpRequest, *, max_bytes: int = MAX_JSON_BODY_BYTE
         raise InvalidRequest(f"request body is larger than {max_bytes} bytes", code="PAYLOAD_TOO_LARGE",
                              http_status=413)
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidRequest("request body is not valid JSON") from None
+        data = json_loads_strict(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return data

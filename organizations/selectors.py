@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.validators import slug_re
 from django.db.models import QuerySet
 
 from billing_project.errors import NotFound, PermissionDeniedError
 
 from .models import ADMIN_ROLES, Membership, Organization
+
+
+def _is_slug(ref: object) -> bool:
+    """Only a well-formed slug goes to the database (a lone surrogate would fail to encode: a 500)."""
+    return slug_re.fullmatch(str(ref)) is not None
 
 
 def memberships_for_user(*, user) -> QuerySet[Membership]:
@@ -28,7 +34,7 @@ def membership_for(*, user, org_ref: str | None = None, require_admin: bool = Fa
         try:
             membership = qs.filter(organization_id=uuid.UUID(str(org_ref))).first()
         except ValueError:
-            membership = qs.filter(organization__slug=str(org_ref)).first()
+            membership = qs.filter(organization__slug=str(org_ref)).first() if _is_slug(org_ref) else None
     else:
         membership = qs.first()
     if membership is None:
@@ -44,7 +50,7 @@ def organization_get(*, org_ref: str) -> Organization:
     try:
         org = Organization.objects.filter(pk=uuid.UUID(str(org_ref))).first()
     except ValueError:
-        org = Organization.objects.filter(slug=str(org_ref)).first()
+        org = Organization.objects.filter(slug=str(org_ref)).first() if _is_slug(org_ref) else None
     if org is None:
         raise NotFound("organization not found", code="ORG_NOT_FOUND")
     return org

@@ -115,9 +115,12 @@ def webhook_event_verify(*, payload: bytes, sig_header: str, now: dt.datetime) -
     event_id, event_type = event.get("id"), event.get("type")
     data = event.get("data")
     data_object = data.get("object") if isinstance(data, dict) else None
-    if not (isinstance(event_id, str) and event_id.startswith("evt_") and isinstance(event_type, str)
-            and isinstance(data_object, dict)):
-        raise _reject("WEBHOOK_PAYLOAD_INVALID", "not a Stripe event (id/type/data.object)", event_id=event_id)
+    created = event.get("created") or 0
+    if not (isinstance(event_id, str) and event_id.startswith("evt_") and len(event_id) <= 255
+            and isinstance(event_type, str) and 0 < len(event_type) <= 100 and isinstance(data_object, dict)
+            and isinstance(created, int) and not isinstance(created, bool) and 0 <= created < 2**63):
+        raise _reject("WEBHOOK_PAYLOAD_INVALID", "not a Stripe event (id/type/created/data.object)",
+                      event_id=str(event_id)[:80])
     if event.get("api_version") != stripe_gateway.STRIPE_API_VERSION:  # the gateway checks too; be explicit
         raise _reject("WEBHOOK_API_VERSION_MISMATCH", f"event API version {event.get('api_version')!r} is not "
                       f"the pinned {stripe_gateway.STRIPE_API_VERSION!r}", event_id=event_id, type=event_type)
@@ -129,7 +132,7 @@ def webhook_event_receive(*, payload: bytes, sig_header: str, now: dt.datetime) 
     A duplicate (also a concurrent one) hits the unique constraint and is returned with created=False."""
     event = webhook_event_verify(payload=payload, sig_header=sig_header, now=now)
     row = WebhookEvent(stripe_event_id=event["id"], type=event["type"], api_version=event.get("api_version") or "",
-                       event_created=int(event.get("created") or 0), payload=event,
+                       event_created=event.get("created") or 0, payload=event,
                        status=WebhookEventStatus.PENDING, received_at=now)
     try:
         with transaction.atomic():
