@@ -65,7 +65,10 @@ def json_loads_strict(raw: bytes) -> Any:
 
 
 def error_response(exc: AppError) -> JsonResponse:
-    return JsonResponse(exc.to_dict(), status=exc.http_status)
+    response = JsonResponse(exc.to_dict(), status=exc.http_status)
+    for name, value in getattr(exc, "headers", {}).items():  # e.g. Retry-After on a 429
+        response[name] = value
+    return response
 
 
 def parse_json_body(request: HttpRequest, *, max_bytes: int = MAX_JSON_BODY_BYTES) -> dict[str, Any]:

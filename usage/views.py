@@ -9,6 +9,7 @@ key cannot probe which org ids exist.
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from organizations.models import Organization
 from organizations.services import TOKEN_PREFIX, api_key_authenticate
 
 from .coalesce import action_record_coalesced
+from .ratelimit import rate_limit_check
 from .services import ActionInput, action_check, actions_record_batch
 
 #: A batch of 1000 actions with keys and metadata does not fit in the default 64 KiB.
@@ -46,10 +48,12 @@ def _authenticate(request: HttpRequest) -> Caller:
     if token.startswith(TOKEN_PREFIX):
         key = api_key_authenticate(token=token)
         if key is not None:
+            rate_limit_check(token=token, orchestrator=False, now=time.time())  # 429 RATE_LIMITED
             return Caller(org_scope=key.organization_id)
     else:
         expected = settings.ORCHESTRATOR_SERVICE_TOKEN
         if expected and hmac.compare_digest(token.encode(), expected.encode()):
+            rate_limit_check(token=token, orchestrator=True, now=time.time())
             return Caller(org_scope=None)
     raise AuthenticationRequired("invalid service token or API key", code="INVALID_SERVICE_TOKEN")
 

@@ -127,6 +127,10 @@ BILLING_SOFT_LIMIT_BUFFER = env.int("BILLING_SOFT_LIMIT_BUFFER", default=10)
 BILLING_WARNING_COOLDOWN_HOURS = env.int("BILLING_WARNING_COOLDOWN_HOURS", default=24)
 BILLING_GRACE_PERIOD_DAYS = env.int("BILLING_GRACE_PERIOD_DAYS", default=7)
 ORCHESTRATOR_SERVICE_TOKEN = env.str("ORCHESTRATOR_SERVICE_TOKEN", default="")
+# Usage API requests per minute per token (usage.ratelimit; fixed window in Redis). 0 = off.
+USAGE_API_RATE_LIMIT_PER_MINUTE = env.int("USAGE_API_RATE_LIMIT_PER_MINUTE", default=6000)
+# The orchestrator's service token carries every org's traffic: off by default (see usage/ratelimit.py).
+ORCHESTRATOR_RATE_LIMIT_PER_MINUTE = env.int("ORCHESTRATOR_RATE_LIMIT_PER_MINUTE", default=0)
 # Public URL of this app, used in emails and Stripe redirect URLs.
 APP_BASE_URL = env.str("APP_BASE_URL", default="http://127.0.0.1:8000")
 
