@@ -32,7 +32,7 @@ from billing.services.topups import topup_maybe_trigger
 from billing_project.errors import InvalidRequest
 
 from .models import IDEMPOTENCY_KEY_MAX_LENGTH, BillableAction
-from .rollups import rollup_add
+from .rollups import rollup_statement
 
 logger = logging.getLogger("usage.services")
 
@@ -126,6 +126,30 @@ def _row_params(org_hex: str, action: ActionInput, charge: ChargeResult, body: d
     ]
 
 
+def _execute_together(statements: list[tuple[str, list] | None]) -> tuple[int | None, list, list[int]]:
+    """Run (sql, params) statements in order (None entries skipped): on MariaDB/MySQL as one
+    multi-statement round trip (mysqlclient connects with CLIENT_MULTI_STATEMENTS; every value is
+    still escaped by the driver), elsewhere one by one. Returns the first statement's lastrowid,
+    its fetched rows (e.g. INSERT … RETURNING) and every statement's rowcount."""
+    todo = [st for st in statements if st is not None]
+    counts: list[int] = []
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute("; ".join(sql for sql, _ in todo), [p for _, params in todo for p in params])
+        else:
+            cursor.execute(*todo[0])
+        first_id = cursor.lastrowid
+        rows = list(cursor.fetchall()) if cursor.description else []
+        counts.append(cursor.rowcount)
+        for sql, params in todo[1:]:
+            if connection.vendor == "mysql":
+                cursor.nextset()
+            else:
+                cursor.execute(sql, params)
+            counts.append(cursor.rowcount)
+    return first_id, rows, counts
+
+
 def _replay(*, org_hex: str, idempotency_key: str) -> RecordResult | None:
     row = (BillableAction.objects.filter(organization_id=org_hex, idempotency_key=idempotency_key)
            .values_list("pk", "response_body").first())
@@ -149,16 +173,15 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
             charge = balance_charge(organization_id=org_hex, tier=tier, now=now, write=False)
             body = _body(charge)
             params = _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now))
-            update = balance_update_statement(charge.balance, now=now)
-            with connection.cursor() as cursor:
-                # INSERT + the balance UPDATE in one round trip (mysqlclient enables multi-statements)
-                # while the row lock is held; a duplicate key fails the INSERT and skips the UPDATE.
-                cursor.execute(f"{_INSERT_SQL}{_ROW_PLACEHOLDER}; {update[0]}", params + update[1])
-                action_id = cursor.lastrowid
-                cursor.nextset()
-                if cursor.rowcount != 1:
-                    raise RuntimeError(f"balance UPDATE matched {cursor.rowcount} rows for org {org_hex}")
-            rollup_add(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now)
+            # INSERT, balance UPDATE and rollup upsert: one round trip while the row lock is held.
+            # A duplicate idempotency key fails the INSERT and the rest never runs.
+            action_id, _, counts = _execute_together([
+                (_INSERT_SQL + _ROW_PLACEHOLDER, params),
+                balance_update_statement(charge.balance, now=now),
+                rollup_statement(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now),
+            ])
+            if counts[1] != 1:
+                raise RuntimeError(f"balance UPDATE matched {counts[1]} rows for org {org_hex}")
             if charge.auto_topup_due:  # below the auto top-up threshold: intent row + task on commit (cheap)
                 topup_maybe_trigger(balance=charge.balance, now=now)
     except IntegrityError:
@@ -230,23 +253,22 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
             params += _row_params(org_hex, actions[i], charge, body if actions[i].idempotency_key else None, now_db)
             inserted.append(i)
         if inserted:
-            # The multi-row INSERT and the balance UPDATE go in one round trip (multi-statement).
+            # The multi-row INSERT, the balance UPDATE and the rollup upsert: one round trip.
             sql = _INSERT_SQL + ", ".join([_ROW_PLACEHOLDER] * len(inserted)) + " RETURNING id"
-            with connection.cursor() as cursor:
-                cursor.execute(f"{sql}; {update[0]}", params + update[1])
-                ids = [r[0] for r in cursor.fetchall()]
-                cursor.nextset()
-                if cursor.rowcount != 1:
-                    raise RuntimeError(f"balance UPDATE matched {cursor.rowcount} rows for org {org_hex}")
+            _, returned, counts = _execute_together([
+                (sql, params),
+                update,
+                rollup_statement(org_hex=org_hex, now=now, rows=[
+                    (actions[i].user_id, actions[i].tier, charge.credits_charged)
+                    for i, charge in zip(to_charge, charges, strict=True) if not isinstance(charge, BillingError)]),
+            ])
+            if counts[1] != 1:
+                raise RuntimeError(f"balance UPDATE matched {counts[1]} rows for org {org_hex}")
+            for i, row in zip(inserted, returned, strict=True):
+                items[i]["actionId"] = row[0]
         elif update is not None:  # nothing accepted; only warning timestamps may have changed
-            with connection.cursor() as cursor:
-                cursor.execute(*update)
+            _execute_together([update])
         if inserted:
-            for i, pk in zip(inserted, ids, strict=True):
-                items[i]["actionId"] = pk
-            rollup_add(org_hex=org_hex, now=now, rows=[
-                (actions[i].user_id, actions[i].tier, charge.credits_charged)
-                for i, charge in zip(to_charge, charges, strict=True) if not isinstance(charge, BillingError)])
             if balance.auto_topup_enabled:  # the trigger checks the threshold on the locked row itself
                 topup_maybe_trigger(balance=balance, now=now)
     replayed = 0

@@ -140,6 +140,12 @@ def _from_row(row: tuple) -> CreditBalance:
 
 
 def _fetch(org_hex: str, *, lock: bool) -> CreditBalance | None:
+    if connection.vendor != "mysql":  # SQLite (make run's default): the ORM, which converts types
+        qs = CreditBalance.objects.filter(organization_id=uuid.UUID(org_hex))
+        balance = (qs.select_for_update() if lock else qs).first()
+        if balance is not None:
+            balance._changed = set()
+        return balance
     with connection.cursor() as cursor:
         cursor.execute(_SELECT_FOR_UPDATE if lock else _SELECT, [org_hex])
         row = cursor.fetchone()
