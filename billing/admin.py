@@ -28,6 +28,8 @@ from organizations.admin import OrganizationAdmin
 from organizations.models import Organization
 
 from .admin_links import stripe_link
+from billing_project.errors import AppError
+
 from .errors import BillingError
 from .models import AutoTopupSettingsChange, CreditBalance, CreditPurchase, Invoice, Subscription, WebhookEvent
 from .plans import TIERS, format_cents
@@ -87,7 +89,7 @@ class SubscriptionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ("organization",)
     date_hierarchy = "created_at"
     readonly_fields = ("stripe", "stripe_customer")
-    actions = ["resync_from_stripe"]
+    actions = ["resync_from_stripe", "extend_trial"]
 
     @admin.display(description="Stripe")
     def stripe(self, obj: Subscription):
@@ -108,6 +110,34 @@ class SubscriptionAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 logger.warning("admin re-sync of %s failed: %s", subscription.stripe_subscription_id, exc)
                 failures.append(f"{subscription.stripe_subscription_id}: {exc.code} {exc.message}")
         _report(self, request, ok, failures, "Re-synced from Stripe")
+
+
+    @admin.action(description="Extend trial…", permissions=["change"])
+    def extend_trial(self, request: HttpRequest, queryset: QuerySet[Subscription]):
+        """Intermediate form (days 1-30), then Stripe (no transaction open here) and subscription_sync."""
+        from .services.checkout import subscription_trial_extend  # noqa: PLC0415
+
+        form = ExtendTrialForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return _intermediate(self, request, queryset, form=form, action="extend_trial",
+                                 title="Extend trial", template="admin/billing/extend_trial.html")
+        ok, failures = 0, []
+        for subscription in queryset:
+            try:
+                subscription_trial_extend(subscription=subscription, days=form.cleaned_data["days"],
+                                          now=timezone.now())
+                ok += 1
+            except AppError as exc:
+                logger.warning("admin extend trial of %s failed: %s", subscription.stripe_subscription_id, exc)
+                failures.append(f"{subscription.stripe_subscription_id}: {exc.code} {exc.message}")
+        _report(self, request, ok, failures, f"Trial extended by {form.cleaned_data['days']} days")
+        return None
+
+
+class ExtendTrialForm(forms.Form):
+    days = forms.IntegerField(min_value=1, max_value=30, initial=7,
+                              help_text="Days added to each selected subscription's trial end (1-30). "
+                                        "Stripe moves the first invoice; nothing is prorated.")
 
 
 class SubscriptionInline(admin.TabularInline):

@@ -68,6 +68,9 @@ def _sub_json(sub) -> dict[str, Any]:
     return {"success": True, "subscription": {
         "id": sub.stripe_subscription_id, "planTier": sub.plan_tier, "status": sub.status,
         "cancelAtPeriodEnd": sub.cancel_at_period_end,
+        "pendingPlanTier": sub.pending_plan_tier or None,
+        "pendingPlanAt": sub.current_period_end.isoformat() if sub.pending_plan_tier and sub.current_period_end
+        else None,
         "currentPeriodEnd": sub.current_period_end.isoformat() if sub.current_period_end else None,
         "endedAt": sub.ended_at.isoformat() if sub.ended_at else None}}
 
@@ -99,6 +102,56 @@ def subscription_upgrade(request: HttpRequest, membership) -> HttpResponse:
         sub = checkout.subscription_upgrade(organization=request.org, plan_tier=_plan(body), now=timezone.now())
         return _sub_json(sub)
     return _respond(request, run, message="Plan upgraded.")
+
+
+def _downgrade_message(sub) -> str:
+    from .plans import PLANS  # noqa: PLC0415
+
+    if sub.pending_plan_tier and sub.current_period_end:
+        return (f"Your plan changes to {PLANS[sub.pending_plan_tier].name} on "
+                f"{sub.current_period_end:%b %-d, %Y}; {PLANS[sub.plan_tier].name} allowances stay until then.")
+    return f"You stay on {PLANS[sub.plan_tier].name}."
+
+
+@require_POST
+@org_view(require_admin=True)
+def subscription_downgrade(request: HttpRequest, membership) -> HttpResponse:
+    """Schedule a lower plan for the period end (`plan` = the current plan: keep it)."""
+    if _is_form(request):
+        body = _body(request)
+        try:
+            sub = checkout.subscription_downgrade(organization=request.org, plan_tier=_plan(body), now=timezone.now())
+        except AppError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, _downgrade_message(sub))
+        return HttpResponseRedirect(_dashboard(request))
+
+    def run():
+        body = _body(request)
+        return _sub_json(checkout.subscription_downgrade(organization=request.org, plan_tier=_plan(body),
+                                                         now=timezone.now()))
+    return _respond(request, run)
+
+
+@require_POST
+@org_view(require_admin=True)
+def subscription_downgrade_cancel(request: HttpRequest, membership) -> HttpResponse:
+    """Keep the current plan: cancel a pending downgrade."""
+    if _is_form(request):
+        _body(request)
+        try:
+            sub = checkout.subscription_downgrade_cancel(organization=request.org, now=timezone.now())
+        except AppError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, _downgrade_message(sub))
+        return HttpResponseRedirect(_dashboard(request))
+
+    def run():
+        _body(request)
+        return _sub_json(checkout.subscription_downgrade_cancel(organization=request.org, now=timezone.now()))
+    return _respond(request, run)
 
 
 @require_POST

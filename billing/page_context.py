@@ -39,6 +39,8 @@ CHECKOUT_URL = "/api/billing/checkout"
 PORTAL_URL = "/api/billing/portal"
 UPGRADE_URL = "/api/billing/subscription/upgrade"
 CANCEL_URL = "/api/billing/subscription/cancel"
+DOWNGRADE_URL = "/api/billing/subscription/downgrade"
+KEEP_PLAN_URL = "/api/billing/subscription/downgrade/cancel"
 TOPUP_URL = "/api/billing/credits/topup"
 AUTO_TOPUP_URL = "/api/billing/credits/auto-topup"
 
@@ -116,6 +118,8 @@ class PlanCard:
     cancel_at_period_end: bool
     period_start: datetime | None
     period_end: datetime | None
+    pending_plan: Plan | None = None        # deferred downgrade: the plan from pending_plan_at on
+    pending_plan_at: datetime | None = None  # = the subscription's current period end
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,17 @@ def plan_card(*, organization: Organization, summary: dict | None, now: datetime
         trial_ends_at=trial_ends_at, trial_days_left=days_left,
         grace_ends_at=sub.grace_period_ends_at if sub else None, cancel_at_period_end=cancel_at_end,
         period_start=period_start, period_end=period_end,
+        pending_plan=PLANS[sub.pending_plan_tier] if _pending(sub) else None,
+        pending_plan_at=sub.current_period_end if _pending(sub) else None,
     )
+
+
+def _pending(sub) -> bool:
+    """A live subscription with a downgrade scheduled for its period end."""
+    from .models.subscriptions import LIVE_SUBSCRIPTION_STATUSES  # noqa: PLC0415
+
+    return bool(sub is not None and getattr(sub, "pending_plan_tier", "") and sub.status in LIVE_SUBSCRIPTION_STATUSES
+                and sub.current_period_end and not sub.cancel_at_period_end)
 
 
 def _date(value: datetime | None) -> str:
@@ -253,6 +267,9 @@ def banners(card: PlanCard) -> list[Banner]:
         out.append(Banner("warning", "Your subscription was canceled. You are on the Free plan's allowances."))
     elif card.status == SubscriptionStatus.INCOMPLETE:
         out.append(Banner("warning", "Your subscription is waiting for the first payment to complete."))
+    if card.pending_plan is not None:
+        out.append(Banner("info", f"Changes to {card.pending_plan.name} on {_date(card.pending_plan_at)}. "
+                                  f"Your {card.plan.name} allowances stay until then."))
     if card.cancel_at_period_end and card.period_end:
         out.append(Banner("warning", f"Your {card.plan.name} plan ends on {_date(card.period_end)}; "
                                      "the org then moves to the Free plan."))
@@ -292,6 +309,7 @@ def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any
         "usage_warnings": _warnings(summary),
         "auto_topup": auto_topup_state(summary=summary),
         "portal_url": PORTAL_URL if endpoint_available(PORTAL_URL) else None,
+        "keep_plan_url": KEEP_PLAN_URL,
         "topup_url": TOPUP_URL if endpoint_available(TOPUP_URL) else None,
         "auto_topup_url": AUTO_TOPUP_URL,
         "topup_pack_credits": TOPUP_PACK_CREDITS,
@@ -304,7 +322,8 @@ class PlanOption:
     plan: Plan
     price: str
     is_current: bool
-    action: str | None        # "trial" | "upgrade" | "downgrade" | None (current)
+    action: str | None        # "trial" | "upgrade" | "downgrade" | "scheduled" (pending downgrade) |
+                              # "keep" (current plan, cancels a pending downgrade) | None (current)
     action_label: str
     action_url: str | None    # None = endpoint not landed yet (button disabled)
     allowances: list[tuple[str, int]]
@@ -316,6 +335,8 @@ def plan_picker_context(*, membership: Membership, now: datetime) -> dict[str, A
     trial_available = org.trial_ends_at is None
     has_paid_sub = current.price_cents > 0 and org.subscription_status in (
         SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING, SubscriptionStatus.PAST_DUE)
+    sub = _current_subscription(org) if has_paid_sub else None
+    pending_tier = sub.pending_plan_tier if _pending(sub) else ""
     options = []
     for plan in PLANS.values():
         is_current = plan.tier == current.tier
@@ -332,12 +353,16 @@ def plan_picker_context(*, membership: Membership, now: datetime) -> dict[str, A
                     action, label = "upgrade", f"Upgrade to {plan.name}"
             elif plan.tier == PlanTier.FREE:
                 action, label, url = "downgrade", "Downgrade to Free", CANCEL_URL
+            elif plan.tier == pending_tier:
+                action, label = "scheduled", f"Starts {_date(sub.current_period_end)}"
             else:
                 action = "upgrade" if going_up else "downgrade"
                 label = f"{'Upgrade' if going_up else 'Downgrade'} to {plan.name}"
-                url = UPGRADE_URL
-            if url and not endpoint_available(url):
-                url = None
+                url = UPGRADE_URL if going_up else DOWNGRADE_URL
+        elif pending_tier:
+            action, label, url = "keep", f"Keep {plan.name}", KEEP_PLAN_URL
+        if url and not endpoint_available(url):
+            url = None
         options.append(PlanOption(plan=plan, price=format_cents(plan.price_cents), is_current=is_current,
                                   action=action, action_label=label, action_url=url,
                                   allowances=[(TIER_LABELS[t], plan.included[t]) for t in TIERS]))

@@ -317,6 +317,16 @@ def subscription_cancel(*, subscription_id: str, idempotency_key: str, at_period
                  options=_opts(_require_key(idempotency_key)))
 
 
+def subscription_extend_trial(*, subscription_id: str, trial_end: int, idempotency_key: str) -> dict[str, Any]:
+    """Move a subscription's trial end to `trial_end` (unix seconds, in the future) without prorating:
+    the first paid invoice simply comes later. Stripe emits customer.subscription.updated."""
+    if not isinstance(trial_end, int) or isinstance(trial_end, bool) or trial_end <= 0:
+        raise ValueError("trial_end must be unix seconds")
+    return _call("subscription_extend_trial", get_client().v1.subscriptions.update, subscription_id,
+                 params={"trial_end": trial_end, "proration_behavior": "none"},
+                 options=_opts(_require_key(idempotency_key)))
+
+
 def subscription_resume(*, subscription_id: str, idempotency_key: str) -> dict[str, Any]:
     """Undo a pending cancel-at-period-end."""
     return _call("subscription_resume", get_client().v1.subscriptions.update, subscription_id,

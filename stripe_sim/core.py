@@ -805,6 +805,8 @@ class Sim:
                 sub["cancel_at"] = self._sub_period(sub)[1] if flag else None
                 sub["canceled_at"] = now if flag else None
                 sub["cancellation_details"]["reason"] = "cancellation_requested" if flag else None
+        if "trial_end" in p:
+            self._sub_set_trial_end(sub, p["trial_end"], prev, now)
         invoice_now = None
         items = p.get("items")
         if items:
@@ -850,6 +852,34 @@ class Sim:
             elif inv["status"] == "open":  # net credit: Stripe keeps it as customer balance; we close it
                 self._invoice_mark_paid(inv, None)
         return sub
+
+    def _sub_set_trial_end(self, sub: Obj, value: Any, prev: Obj, now: int) -> None:
+        """`trial_end` on update: a future timestamp moves (or starts) the trial, and the period with
+        it (the first paid invoice comes at the new trial end); "now" ends the trial at once."""
+        if value == "now":
+            if sub["status"] == "trialing":
+                prev.update(trial_end=sub["trial_end"])
+                sub["trial_end"] = now
+                self._end_trial(sub)
+            return
+        trial_end = as_int(value, "trial_end")
+        if trial_end <= now:
+            raise invalid("Invalid timestamp: must be an integer Unix timestamp in the future.", param="trial_end")
+        if trial_end > now + 730 * 86400:
+            raise invalid("trial_end can be no more than 730 days in the future.", param="trial_end")
+        if trial_end == sub["trial_end"] and sub["status"] == "trialing":
+            return
+        prev.update(trial_end=sub["trial_end"], items=copy.deepcopy(sub["items"]))
+        if sub["status"] != "trialing":
+            prev.update(status=sub["status"], trial_start=sub["trial_start"])
+            sub["status"], sub["trial_start"] = "trialing", now
+            self._sub_set_period(sub, now, trial_end)
+        else:
+            self._sub_set_period(sub, self._sub_period(sub)[0], trial_end)
+        sub["trial_end"] = trial_end
+        sub["billing_cycle_anchor"] = trial_end
+        if trial_end - 3 * 86400 > now:  # the 3-day warning is due again for the new end
+            self.private[sub["id"]]["trial_will_end_sent"] = False
 
     def subscription_cancel(self, sub_id: str, p: Obj | None = None, *, reason: str = "cancellation_requested") -> Obj:
         sub = self.get("subscriptions", sub_id, "subscription")

@@ -11,3 +11,4 @@ from .webhooks import *  # noqa: E402,F401,F403
 from .invoices import *  # noqa: E402,F401,F403
 from .balance import *  # noqa: E402,F401,F403
 from .purchases import *  # noqa: E402,F401,F403
+from .checkout_intents import *  # noqa: E402,F401,F403

@@ -44,8 +44,14 @@ class Subscription(models.Model):
     stripe_customer_id = models.CharField(max_length=255, db_index=True)
     # The price of the subscription's (single) item, as Stripe reports it.
     stripe_price_id = models.CharField(max_length=255, blank=True, default="")
-    # Our plan for that price (never `free`: a free org has no subscription). Written by subscription_sync.
+    # The plan IN EFFECT (allowances; never `free`: a free org has no subscription). Written by
+    # subscription_sync: the price's plan, except during a deferred downgrade (see pending_plan_tier).
     plan_tier = models.CharField(max_length=16, choices=PlanTier.choices)
+    # Deferred downgrade: the lower plan Stripe already bills from the next period on (its price was
+    # switched with proration_behavior=none); plan_tier keeps the higher plan until current_period_end.
+    # "" = none pending. Invariant: rank(pending_plan_tier) < rank(plan_tier). Written by subscription_sync.
+    pending_plan_tier = models.CharField(max_length=16, blank=True, default="",
+                                         choices=[("", "None")] + [c for c in PlanTier.choices if c[0] != "free"])
     # Mirror of Stripe's status; written by subscription_sync (and the dunning service's cancel).
     status = models.CharField(max_length=24, choices=StripeSubscriptionStatus.choices)
     # Current billing period as Stripe reports it (UTC). A new start = a new period (usage resets).
@@ -78,6 +84,8 @@ class Subscription(models.Model):
             models.CheckConstraint(condition=Q(plan_tier__in=[PlanTier.STARTER, PlanTier.PRO, PlanTier.MAX]),
                                    name="subscription_plan_tier_paid"),
             models.CheckConstraint(condition=Q(last_event_created__gte=0), name="subscription_last_event_nonneg"),
+            models.CheckConstraint(condition=Q(pending_plan_tier__in=["", PlanTier.STARTER, PlanTier.PRO]),
+                                   name="subscription_pending_plan_tier_valid"),
         ]
 
     def __str__(self) -> str:

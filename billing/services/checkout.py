@@ -15,15 +15,17 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from billing_project.errors import Conflict, InvalidRequest
 from organizations.models import Organization
 
 from .. import stripe_gateway
 from ..errors import BillingError
+from ..models.checkout_intents import CheckoutIntent, CheckoutIntentStatus
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES, Subscription
 from ..plans import CURRENCY, PAID_PLAN_TIERS, PLANS, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, TRIAL_DAYS
-from .subscriptions import subscription_sync
+from .subscriptions import stripe_ts, subscription_sync
 
 logger = logging.getLogger("billing.checkout")
 
@@ -122,25 +124,111 @@ def stripe_customer_ensure(*, organization, email: str | None, now: dt.datetime)
 
 
 # --- services -------------------------------------------------------------------------------------
+#: An open intent whose Stripe call started this long ago without a recorded session is stuck
+#: (listed by reconcile --stripe / the daily health summary), not reused.
+CHECKOUT_INTENT_STALE_AFTER = dt.timedelta(minutes=10)
+#: An open session is handed out again only while it has at least this long left before it expires.
+CHECKOUT_SESSION_MIN_LIFETIME = dt.timedelta(minutes=30)
+
+
+def _checkout_intent_reusable(intent: CheckoutIntent, *, plan_tier: str, trial_days: int, now: dt.datetime) -> bool:
+    if intent.plan_tier != plan_tier or intent.trial_days != trial_days:
+        return False
+    if intent.session_expires_at is not None and intent.session_expires_at < now + CHECKOUT_SESSION_MIN_LIFETIME:
+        return False
+    if not intent.stripe_checkout_session_id and intent.started_at is not None \
+            and intent.started_at < now - CHECKOUT_INTENT_STALE_AFTER:
+        return False  # stuck mid-call: leave it for ops, start a fresh intent
+    return True
+
+
+def checkout_intent_open(*, organization, plan_tier: str, trial_days: int, now: dt.datetime) -> CheckoutIntent:
+    """The org's open checkout intent for this plan (a double click), or a new committed one. An open
+    intent for another plan (or too old) is expired first: one open intent per org (DB constraint).
+    Serialised on the organization row lock (lock order organization first)."""
+    with transaction.atomic():
+        Organization.objects.select_for_update().filter(pk=organization.pk).values_list("pk", flat=True).first()
+        current = CheckoutIntent.objects.select_for_update().filter(organization=organization, open_slot=True).first()
+        if current is not None:
+            if _checkout_intent_reusable(current, plan_tier=plan_tier, trial_days=trial_days, now=now):
+                return current
+            if current.status == CheckoutIntentStatus.STARTED and not current.stripe_checkout_session_id:
+                logger.warning("checkout intent %s left started without a session; superseded", current.pk)
+            CheckoutIntent.objects.filter(pk=current.pk, open_slot=True).update(
+                status=CheckoutIntentStatus.EXPIRED, open_slot=None, completed_at=now)
+        intent = CheckoutIntent(organization=organization, plan_tier=plan_tier, trial_days=trial_days,
+                                status=CheckoutIntentStatus.CREATED, open_slot=True, created_at=now)
+        intent.full_clean(validate_unique=False)  # one-open-per-org is the DB's (and the row lock's) job
+        intent.save()
+    return intent
+
+
+def checkout_intent_complete(*, stripe_session: dict, now: dt.datetime) -> int:
+    """checkout.session.completed (subscription mode): mark its intent completed. Found by the
+    recorded session id, else by the `checkoutIntentId` metadata (the id was never recorded: we
+    crashed between Stripe's answer and the UPDATE). Idempotent; returns the rows changed (0/1)."""
+    session_id = str(stripe_session.get("id") or "")
+    intent_ref = str((stripe_session.get("metadata") or {}).get("checkoutIntentId") or "")
+    match = Q(stripe_checkout_session_id=session_id) if session_id else Q(pk__in=[])
+    if intent_ref.isdigit():
+        match |= Q(pk=int(intent_ref), stripe_checkout_session_id__isnull=True)
+    changed = CheckoutIntent.objects.filter(match, open_slot=True).update(
+        status=CheckoutIntentStatus.COMPLETED, open_slot=None, completed_at=now)
+    if changed and session_id:
+        CheckoutIntent.objects.filter(match, stripe_checkout_session_id__isnull=True) \
+            .update(stripe_checkout_session_id=session_id)
+    return changed
+
+
+def checkout_intent_expire(*, stripe_session: dict, now: dt.datetime) -> int:
+    """checkout.session.expired: the intent's session can no longer be completed."""
+    session_id = str(stripe_session.get("id") or "")
+    if not session_id:
+        return 0
+    return CheckoutIntent.objects.filter(stripe_checkout_session_id=session_id, open_slot=True).update(
+        status=CheckoutIntentStatus.EXPIRED, open_slot=None, completed_at=now)
+
+
+def _checkout_result(intent: CheckoutIntent, *, reused: bool) -> dict[str, Any]:
+    return {"url": intent.checkout_url, "sessionId": intent.stripe_checkout_session_id,
+            "planTier": intent.plan_tier, "trialDays": intent.trial_days, "intentId": intent.pk, "reused": reused}
+
+
 def checkout_start(*, organization, plan_tier: str, email: str | None, now: dt.datetime,
                    success_url: str | None = None, cancel_url: str | None = None) -> dict[str, Any]:
-    """A Checkout Session URL for `plan_tier`; a 7-day trial (no card needed) if the org never trialed."""
+    """A Checkout Session URL for `plan_tier`; a 7-day trial (no card needed) if the org never trialed.
+
+    Outgoing idempotency from an intent row (STYLE): the CheckoutIntent is committed first, marked
+    STARTED, Stripe is called with `checkout:{intent.pk}`, and the session id/URL are recorded after.
+    A second click while that intent is open gets the same session URL back (no second session)."""
     price_id = price_id_for_tier(plan_tier)
     current = subscription_current(organization=organization)
     if current is not None:
         raise Conflict("the organization already has a subscription; upgrade or use the billing portal",
                        code="ALREADY_SUBSCRIBED")
     customer_id = stripe_customer_ensure(organization=organization, email=email, now=now)
-    trial_days = TRIAL_DAYS if organization.trial_ends_at is None and PLANS[plan_tier].trial_eligible else None
+    trial_days = TRIAL_DAYS if organization.trial_ends_at is None and PLANS[plan_tier].trial_eligible else 0
+    intent = checkout_intent_open(organization=organization, plan_tier=plan_tier, trial_days=trial_days, now=now)
+    if intent.stripe_checkout_session_id and intent.checkout_url:
+        logger.info("checkout intent %s reused (session %s)", intent.pk, intent.stripe_checkout_session_id)
+        return _checkout_result(intent, reused=True)
+    _no_transaction("checkout_start")
+    CheckoutIntent.objects.filter(pk=intent.pk, status=CheckoutIntentStatus.CREATED).update(
+        status=CheckoutIntentStatus.STARTED, started_at=now)
     base = settings.APP_BASE_URL.rstrip("/")
-    # Same org + plan within the same minute = the same session (double clicks); later = a new one.
     session = stripe_gateway.checkout_session_create(
         mode="subscription", customer_id=customer_id, price_id=price_id,
         success_url=success_url or f"{base}/settings/billing?checkout=success&session_id={{CHECKOUT_SESSION_ID}}",
         cancel_url=cancel_url or f"{base}/settings/billing?checkout=canceled",
-        metadata={"orgId": str(organization.pk), "planTier": plan_tier}, trial_period_days=trial_days,
-        idempotency_key=f"checkout:org:{organization.pk}:{plan_tier}:{trial_days or 0}:{_minute(now)}")
-    return {"url": session["url"], "sessionId": session["id"], "planTier": plan_tier, "trialDays": trial_days or 0}
+        metadata={"orgId": str(organization.pk), "planTier": plan_tier, "checkoutIntentId": str(intent.pk)},
+        trial_period_days=trial_days or None, idempotency_key=f"checkout:{intent.pk}")
+    CheckoutIntent.objects.filter(pk=intent.pk, stripe_checkout_session_id__isnull=True).update(
+        stripe_checkout_session_id=session["id"], checkout_url=session["url"],
+        session_expires_at=stripe_ts(session.get("expires_at")))
+    intent.refresh_from_db()
+    logger.info("checkout intent %s started session %s (%s, trial %s)", intent.pk, session["id"], plan_tier,
+                trial_days)
+    return {**_checkout_result(intent, reused=False), "url": session["url"], "sessionId": session["id"]}
 
 
 def billing_portal_open(*, organization, now: dt.datetime, return_url: str | None = None) -> dict[str, Any]:
@@ -161,19 +249,72 @@ def _live_or_conflict(organization) -> Subscription:
     return sub
 
 
+def _plan_change_key(sub: Subscription, *, kind: str, to_price_id: str) -> str:
+    """Idempotency key derived from our subscription row: the same click on the same row state
+    (a double click, a retry) maps to one Stripe request; after the row changed (synced), a new
+    request gets a new key (Stripe keeps keys for 24 h: a later downgrade -> keep -> downgrade must
+    not replay the first answer)."""
+    return (f"{kind}:{sub.stripe_subscription_id}:{sub.stripe_price_id or '-'}->{to_price_id}:"
+            f"{int(sub.updated_at.timestamp() * 1_000_000)}")
+
+
+def _price_change(sub: Subscription, *, kind: str, price_id: str, proration_behavior: str,
+                  now: dt.datetime) -> Subscription:
+    _no_transaction(f"subscription_{kind}")
+    obj = stripe_gateway.subscription_update_price(
+        subscription_id=sub.stripe_subscription_id, price_id=price_id, proration_behavior=proration_behavior,
+        idempotency_key=_plan_change_key(sub, kind=kind, to_price_id=price_id))
+    return subscription_sync(stripe_subscription=obj, now=now)
+
+
 def subscription_upgrade(*, organization, plan_tier: str, now: dt.datetime) -> Subscription:
     """Move to a higher plan now: Stripe invoices the prorated difference at once and the new
-    allowances apply immediately (subscription_sync on the returned object)."""
+    allowances apply immediately (subscription_sync on the returned object). Upgrading to the plan
+    in effect while a downgrade is pending = keep the plan; to a higher one, the pending downgrade
+    is undone first so the proration starts from the plan actually paid for this period."""
     price_id = price_id_for_tier(plan_tier)
     sub = _live_or_conflict(organization)
+    if sub.pending_plan_tier and plan_tier == sub.plan_tier:
+        return subscription_downgrade_cancel(organization=organization, now=now)
     if PLANS[plan_tier].rank <= PLANS[sub.plan_tier].rank:
-        raise InvalidRequest(f"{plan_tier} is not an upgrade from {sub.plan_tier}; downgrades happen by "
-                             "cancelling at period end and subscribing again", code="NOT_AN_UPGRADE")
-    _no_transaction("subscription_upgrade")
-    obj = stripe_gateway.subscription_update_price(
-        subscription_id=sub.stripe_subscription_id, price_id=price_id, proration_behavior="always_invoice",
-        idempotency_key=f"upgrade:{sub.stripe_subscription_id}:{plan_tier}")
-    return subscription_sync(stripe_subscription=obj, now=now)
+        raise InvalidRequest(f"{plan_tier} is not an upgrade from {sub.plan_tier}; use "
+                             "/api/billing/subscription/downgrade (takes effect at the period end)",
+                             code="NOT_AN_UPGRADE")
+    if sub.pending_plan_tier:
+        sub = subscription_downgrade_cancel(organization=organization, now=now)
+    return _price_change(sub, kind="upgrade", price_id=price_id, proration_behavior="always_invoice", now=now)
+
+
+def subscription_downgrade(*, organization, plan_tier: str, now: dt.datetime) -> Subscription:
+    """Schedule a lower paid plan for the end of the current period (DESIGN: "Downgrade: at period
+    end"). Stripe's price is switched now with proration_behavior=none: nothing is refunded or
+    charged now, and the next renewal invoices the lower price. subscription_sync sees a lower price
+    within the same period and keeps the current allowances, recording `pending_plan_tier`; the next
+    period (renewal webhook) applies the lower plan. Asking for the plan in effect = keep the plan.
+    Also clears a pending cancel-at-period-end (the org stays subscribed, on the lower plan)."""
+    price_id = price_id_for_tier(plan_tier)
+    sub = _live_or_conflict(organization)
+    if plan_tier == sub.plan_tier:
+        return subscription_downgrade_cancel(organization=organization, now=now)
+    if PLANS[plan_tier].rank > PLANS[sub.plan_tier].rank:
+        raise InvalidRequest(f"{plan_tier} is not a downgrade from {sub.plan_tier}; use the upgrade endpoint",
+                             code="NOT_A_DOWNGRADE")
+    if sub.pending_plan_tier == plan_tier and not sub.cancel_at_period_end:
+        return sub  # already scheduled (double click)
+    sub = _price_change(sub, kind="downgrade", price_id=price_id, proration_behavior="none", now=now)
+    logger.info("org %s downgrade %s -> %s scheduled for %s", organization.pk, sub.plan_tier,
+                sub.pending_plan_tier, sub.current_period_end)
+    return sub
+
+
+def subscription_downgrade_cancel(*, organization, now: dt.datetime) -> Subscription:
+    """Keep the current plan: undo a pending downgrade (Stripe's price back to the plan in effect,
+    proration_behavior=none, so nothing is charged). No pending downgrade: nothing to do."""
+    sub = _live_or_conflict(organization)
+    if not sub.pending_plan_tier:
+        return sub
+    return _price_change(sub, kind="keep", price_id=price_id_for_tier(sub.plan_tier), proration_behavior="none",
+                         now=now)
 
 
 def subscription_cancel(*, organization, now: dt.datetime, at_period_end: bool = True) -> Subscription:
@@ -185,6 +326,29 @@ def subscription_cancel(*, organization, now: dt.datetime, at_period_end: bool =
     obj = stripe_gateway.subscription_cancel(
         subscription_id=sub.stripe_subscription_id, at_period_end=at_period_end,
         idempotency_key=f"cancel:{sub.stripe_subscription_id}:{'period_end' if at_period_end else 'now'}")
+    return subscription_sync(stripe_subscription=obj, now=now)
+
+
+MAX_TRIAL_EXTENSION_DAYS = 30
+
+
+def subscription_trial_extend(*, subscription: Subscription, days: int, now: dt.datetime) -> Subscription:
+    """Staff: push a trialing subscription's trial end `days` (1..30) later in Stripe (no proration),
+    then apply Stripe's answer with subscription_sync (org trial end, balance period end). Called
+    outside any transaction; the idempotency key is derived from the row and the target end, so a
+    retried request cannot extend twice."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TRIAL_EXTENSION_DAYS:
+        raise InvalidRequest(f"days must be 1..{MAX_TRIAL_EXTENSION_DAYS}", code="INVALID_TRIAL_EXTENSION")
+    if subscription.status != "trialing" or subscription.trial_end is None:
+        raise Conflict(f"subscription {subscription.stripe_subscription_id} is not trialing ({subscription.status})",
+                       code="NOT_TRIALING")
+    _no_transaction("subscription_trial_extend")
+    new_end = max(subscription.trial_end, now) + dt.timedelta(days=days)
+    trial_end = int(new_end.timestamp())
+    obj = stripe_gateway.subscription_extend_trial(
+        subscription_id=subscription.stripe_subscription_id, trial_end=trial_end,
+        idempotency_key=f"extend_trial:{subscription.stripe_subscription_id}:{trial_end}")
+    logger.info("trial of %s extended by %s days to %s", subscription.stripe_subscription_id, days, new_end)
     return subscription_sync(stripe_subscription=obj, now=now)
 
 
@@ -207,6 +371,8 @@ def subscription_status(*, organization) -> dict[str, Any]:
             "id": sub.stripe_subscription_id, "planTier": sub.plan_tier, "status": sub.status,
             "currentPeriodStart": iso(sub.current_period_start), "currentPeriodEnd": iso(sub.current_period_end),
             "trialEnd": iso(sub.trial_end), "cancelAtPeriodEnd": sub.cancel_at_period_end,
+            "pendingPlanTier": sub.pending_plan_tier or None,
+            "pendingPlanAt": iso(sub.current_period_end) if sub.pending_plan_tier else None,
             "canceledAt": iso(sub.canceled_at), "endedAt": iso(sub.ended_at),
             "gracePeriodEndsAt": iso(sub.grace_period_ends_at),
         },

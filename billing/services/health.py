@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db.models import Q, QuerySet
 
-from ..models import CreditPurchase, PurchaseStatus, WebhookEvent, WebhookEventStatus
+from ..models import CheckoutIntent, CheckoutIntentStatus, CreditPurchase, PurchaseStatus, WebhookEvent, WebhookEventStatus
 
 logger = logging.getLogger("billing.health")
 
@@ -27,6 +27,8 @@ STUCK_REQUIRES_ACTION_AFTER = dt.timedelta(hours=24)
 #: A webhook event still pending after this long was not processed (Celery retries take minutes).
 STUCK_WEBHOOK_AFTER = dt.timedelta(minutes=15)
 FAILED_WEBHOOK_WINDOW = dt.timedelta(days=7)
+#: A checkout intent marked STARTED this long ago with no session recorded stopped mid-way.
+STUCK_CHECKOUT_AFTER = dt.timedelta(minutes=30)
 
 
 def purchases_stuck(*, now: dt.datetime) -> QuerySet[CreditPurchase]:
@@ -40,6 +42,22 @@ def purchases_stuck(*, now: dt.datetime) -> QuerySet[CreditPurchase]:
         | Q(status=PurchaseStatus.SUCCEEDED, credits_applied_at__isnull=True)
         | Q(flagged_at__isnull=False, status__in=[PurchaseStatus.PENDING, PurchaseStatus.STARTED])
     ).select_related("organization").order_by("created_at")
+
+
+def checkout_intents_stuck(*, now: dt.datetime) -> QuerySet[CheckoutIntent]:
+    """Checkout intents left STARTED without a recorded session (we stopped between marking the row
+    and recording Stripe's answer). Surfaced for ops, never retried blindly; the session, if Stripe
+    created one, carries `checkoutIntentId` metadata and its completion webhook still closes the row."""
+    return CheckoutIntent.objects.filter(
+        status=CheckoutIntentStatus.STARTED, stripe_checkout_session_id__isnull=True,
+        created_at__lt=now - STUCK_CHECKOUT_AFTER,
+    ).select_related("organization").order_by("created_at")
+
+
+def checkout_intent_row(i: CheckoutIntent, *, now: dt.datetime) -> dict[str, Any]:
+    return {"id": i.pk, "org": i.organization.slug, "planTier": i.plan_tier, "status": i.status,
+            "createdAt": i.created_at.isoformat(), "ageMinutes": int((now - i.created_at).total_seconds() // 60),
+            "idempotencyKey": f"checkout:{i.pk}"}
 
 
 def webhook_events_failed(*, now: dt.datetime, window: dt.timedelta = FAILED_WEBHOOK_WINDOW

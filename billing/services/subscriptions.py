@@ -10,9 +10,10 @@ call it without one. It is an idempotent upsert:
 - an event older than the newest one already applied to the row changes nothing;
 - lock order organization -> balance -> subscription (DESIGN "Locking");
 - the balance follows the object: a new period resets used counters (top-up credits roll
-  over), a changed plan in the same period changes allowances at once (an upgrade with
-  proration; a downgrade only shows up at the period end because that is when Stripe changes
-  the price when we schedule it so), an ended/unpaid/paused subscription puts the org on free.
+  over), a higher plan in the same period changes allowances at once (an upgrade with
+  proration), a LOWER price within the same period is a deferred downgrade (`pending_plan_tier`:
+  the plan in effect stays until the period ends, see `_effective_plan`), an ended/unpaid/paused
+  subscription puts the org on free.
 
 Stripe API shapes: current_period_* live on the subscription item since API 2025-03-31 and at
 the top level before; both are read.
@@ -214,6 +215,7 @@ def subscription_sync(*, stripe_subscription: dict, now: dt.datetime, event_crea
                       "current_period_end", "trial_start", "trial_end", "cancel_at_period_end", "canceled_at",
                       "ended_at"):
             setattr(sub, field, getattr(parsed, field))
+        sub.plan_tier, sub.pending_plan_tier = _effective_plan(parsed=parsed, previous=previous)
         if sub.status in (StripeSubscriptionStatus.ACTIVE, StripeSubscriptionStatus.TRIALING):
             sub.grace_period_ends_at = None  # Stripe says it is paid up: the dunning grace is over
         if event_created is not None:
@@ -223,6 +225,24 @@ def subscription_sync(*, stripe_subscription: dict, now: dt.datetime, event_crea
         sub.save()
         _apply_to_org(org=org, sub=sub, previous=previous, now=now)
     return sub
+
+
+def _effective_plan(*, parsed: _Parsed, previous: _Snapshot | None) -> tuple[str, str]:
+    """(plan in effect, pending lower plan or "") for a subscription object.
+
+    DESIGN: "Upgrade: new allowances at once. Downgrade: at period end." Stripe bills a downgrade
+    from the next period when its price is switched with proration_behavior=none; the allowances
+    the org paid for stay until the period ends. So a LOWER price seen within the SAME period of a
+    live subscription is a deferred downgrade: the plan in effect stays, the lower one is pending.
+    A new period (or a higher / equal price: upgrade, "keep plan") applies the price's plan at once.
+    Pure function of (object, previous row), so replays and re-reads give the same answer."""
+    stripe_tier = parsed.plan_tier
+    if (previous is not None and parsed.status in LIVE_SUBSCRIPTION_STATUSES
+            and previous.status in LIVE_SUBSCRIPTION_STATUSES
+            and previous.current_period_start == parsed.current_period_start
+            and PLANS[stripe_tier].rank < PLANS[previous.plan_tier].rank):
+        return previous.plan_tier, stripe_tier
+    return stripe_tier, ""
 
 
 @dataclass(frozen=True)

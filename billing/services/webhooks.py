@@ -275,10 +275,23 @@ def handle_checkout_session_completed(*, event: dict, now: dt.datetime) -> None:
             raise BillingError(f"checkout session {session.get('id')} completed without a subscription",
                                code="STRIPE_OBJECT_INVALID")
         _subscription_from_stripe(subscription_id=sub_id, now=now)
+        from .checkout import checkout_intent_complete  # noqa: PLC0415 - checkout imports this package's siblings
+
+        checkout_intent_complete(stripe_session=session, now=now)
     elif mode == "payment":
         _topups_hook("topup_checkout_completed", stripe_session=session, now=now)
     else:
         logger.info("checkout session %s in mode %r: nothing to do", session.get("id"), mode)
+
+
+def handle_checkout_session_expired(*, event: dict, now: dt.datetime) -> None:
+    session = _object(event)
+    if session.get("mode") == "subscription":
+        from .checkout import checkout_intent_expire  # noqa: PLC0415
+
+        checkout_intent_expire(stripe_session=session, now=now)
+    else:
+        logger.info("checkout session %s (%s) expired: nothing to do", session.get("id"), session.get("mode"))
 
 
 def handle_subscription_event(*, event: dict, now: dt.datetime) -> None:
@@ -404,6 +417,7 @@ def handle_payment_intent_failed(*, event: dict, now: dt.datetime) -> None:
 
 HANDLERS: dict[str, Callable[..., None]] = {
     "checkout.session.completed": handle_checkout_session_completed,
+    "checkout.session.expired": handle_checkout_session_expired,
     "customer.subscription.created": handle_subscription_event,
     "customer.subscription.updated": handle_subscription_event,
     "customer.subscription.deleted": handle_subscription_event,

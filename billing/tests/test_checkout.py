@@ -52,7 +52,8 @@ def test_checkout_creates_customer_once_with_trial_and_metadata(client, owner, s
     customer_id = org.stripe_customer_id
     assert customer_id and gw.customer_retrieve(customer_id)["metadata"]["orgId"] == str(org.pk)
     cs = gw.checkout_session_retrieve(body["sessionId"])
-    assert cs["customer"] == customer_id and cs["metadata"] == {"orgId": str(org.pk), "planTier": "pro"}
+    assert cs["customer"] == customer_id and cs["metadata"] == {"orgId": str(org.pk), "planTier": "pro",
+                                                                "checkoutIntentId": str(body["intentId"])}
     assert cs["payment_method_collection"] == "if_required"
     # a second start reuses the customer
     status, again = _api(client, "POST", "/api/billing/checkout", {"orgId": str(org.pk), "planTier": "starter"})

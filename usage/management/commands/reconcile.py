@@ -110,6 +110,10 @@ class Command(BaseCommand):
         out.write(f"Stuck purchases: {len(r.stuck_purchases)}")
         for p in r.stuck_purchases:
             out.write(f"  #{p['id']} {p['org']} {p['kind']} {p['status']} {p['credits']} credits, {p['ageMinutes']} min")
+        out.write(f"Checkout intents stuck mid-way: {len(r.stuck_checkouts)}")
+        for c in r.stuck_checkouts:
+            out.write(f"  #{c['id']} {c['org']} {c['planTier']} {c['status']}, {c['ageMinutes']} min "
+                      f"(idempotency key {c['idempotencyKey']})")
         out.write(f"Failed webhook events (7 days): {len(r.failed_webhooks)}")
         for w in r.failed_webhooks:
             out.write(f"  {w['stripeEventId']} {w['type']}: {w['error']}")
