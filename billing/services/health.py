@@ -92,13 +92,15 @@ class HealthSummary:
     failed_webhooks: list[dict[str, Any]] = field(default_factory=list)   # last 7 days
     stuck_webhooks: list[dict[str, Any]] = field(default_factory=list)
     stuck_purchases: list[dict[str, Any]] = field(default_factory=list)
+    stuck_checkouts: list[dict[str, Any]] = field(default_factory=list)   # CheckoutIntent left STARTED
     drifted_orgs: int = 0
     drift_fields: int = 0
     drift_orgs: list[str] = field(default_factory=list)                   # slugs (first few)
 
     @property
     def healthy(self) -> bool:
-        return not (self.failed_webhooks or self.stuck_webhooks or self.stuck_purchases or self.drifted_orgs)
+        return not (self.failed_webhooks or self.stuck_webhooks or self.stuck_purchases or self.stuck_checkouts
+                    or self.drifted_orgs)
 
     def subject(self) -> str:
         state = "OK" if self.healthy else "ATTENTION"
@@ -117,6 +119,9 @@ class HealthSummary:
         lines += [f"  #{p['id']} {p['org']} {p['kind']} {p['status']} {p['credits']} credits {p['ageMinutes']} min"
                   f"{'' if p['creditsApplied'] or p['status'] != 'succeeded' else ' (credits NOT applied)'}"
                   for p in self.stuck_purchases[:50]]
+        lines += ["", f"Checkout intents stuck mid-way (STARTED, no session recorded): {len(self.stuck_checkouts)}"]
+        lines += [f"  #{c['id']} {c['org']} {c['planTier']} {c['ageMinutes']} min key={c['idempotencyKey']}"
+                  for c in self.stuck_checkouts[:50]]
         lines += ["", f"Balances drifted from their facts: {self.drifted_orgs} orgs, {self.drift_fields} fields"]
         lines += [f"  {slug}" for slug in self.drift_orgs[:50]]
         if self.drifted_orgs:
@@ -132,6 +137,7 @@ def health_summary_build(*, now: dt.datetime, drifted_orgs: int = 0, drift_field
         failed_webhooks=[webhook_row(e, now=now) for e in webhook_events_failed(now=now)[:500]],
         stuck_webhooks=[webhook_row(e, now=now) for e in webhook_events_stuck(now=now)[:500]],
         stuck_purchases=[purchase_row(p, now=now) for p in purchases_stuck(now=now)[:500]],
+        stuck_checkouts=[checkout_intent_row(i, now=now) for i in checkout_intents_stuck(now=now)[:500]],
         drifted_orgs=drifted_orgs, drift_fields=drift_fields, drift_orgs=list(drift_orgs or []),
     )
 

@@ -102,6 +102,10 @@ def test_intent_left_started_is_listed_not_reused_and_its_webhook_still_closes_i
     report = stripe_compare(now=now, org_slug=org.slug)
     assert [c["id"] for c in report.stuck_checkouts] == [intent.pk] and report.problems >= 1
     assert report.stuck_checkouts[0]["idempotencyKey"] == f"checkout:{intent.pk}"
+    from billing.services.health import health_summary_build
+
+    summary = health_summary_build(now=now)
+    assert not summary.healthy and f"key=checkout:{intent.pk}" in summary.body()
 
     # The user pays on the session anyway (e.g. a link kept elsewhere): the webhook finds the row by metadata.
     stripe_settings.sim.complete_checkout(start["sessionId"])
