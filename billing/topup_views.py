@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -156,5 +156,7 @@ def topup_finish(request: HttpRequest, membership, purchase_id: int) -> HttpResp
         url = topups.topup_finish_checkout(purchase_id=purchase_id, organization_id=membership.organization_id,
                                            now=timezone.now())
     except AppError as exc:
+        if exc.http_status == 404:  # another org's purchase does not exist for this user
+            raise Http404(exc.message) from None
         return _form_error(request, exc)
     return HttpResponseRedirect(url)

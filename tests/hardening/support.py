@@ -43,3 +43,23 @@ def assert_stable_error(response, codes: set[str]) -> str:
     assert code in codes, (response.status_code, body)
     assert body["success"] is False
     return code
+
+
+def url_routes(*, include_admin: bool = False) -> list[tuple[str, str, object]]:
+    """Every route of the URLConf as (name, route pattern, callback), walked recursively, so a new
+    page or endpoint shows up in the security tests without anyone remembering to add it."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    found: list[tuple[str, str, object]] = []
+
+    def walk(patterns, prefix: str) -> None:
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                if not include_admin and getattr(p, "app_name", None) == "admin":
+                    continue
+                walk(p.url_patterns, prefix + str(p.pattern))
+            elif isinstance(p, URLPattern):
+                found.append((p.name or "", prefix + str(p.pattern), p.callback))
+
+    walk(get_resolver().url_patterns, "")
+    return found
