@@ -20,10 +20,16 @@ logger = logging.getLogger("billing.tasks")
 def topup_charge(self, purchase_id: int) -> str:
     """Charge a saved-card purchase off session. Stripe unavailable -> retry with backoff, calling
     Stripe again with the same idempotency key (allow_started); after the last retry the row stays
-    STARTED and the sweeper flags it."""
+    STARTED and the sweeper flags it. A message redelivered because its worker died (acks_late +
+    reject_on_worker_lost, or the broker's visibility timeout) may find the row STARTED mid-call:
+    it calls Stripe again with the same key too, and gets the first attempt's PaymentIntent back."""
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    if redelivered:
+        logger.warning("top-up %s: redelivered charge task (a worker died); re-driving with the same key",
+                       purchase_id)
     try:
         purchase = topups.topup_purchase_charge(purchase_id=purchase_id, now=timezone.now(),
-                                                allow_started=self.request.retries > 0)
+                                                allow_started=self.request.retries > 0 or redelivered)
     except BillingError as exc:
         if exc.code in topups.TRANSIENT_CODES:
             raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries)) from exc

@@ -82,7 +82,9 @@ class Stack:
         poll(self.healthy, timeout=60, message="the private stack's /healthz to answer 200")
 
     def start_worker(self) -> None:
-        self.worker = AppProcess.celery_worker(self.env, self.worker.log_path, queue=self.queue)
+        # The worker waits longer for Stripe than the web app, so a test can catch it inside the call.
+        env = {**self.env, "STRIPE_READ_TIMEOUT_SECONDS": "15"}
+        self.worker = AppProcess.celery_worker(env, self.worker.log_path, queue=self.queue)
         self.worker.start(ready=self.worker_ready, timeout=60)
 
     def worker_ready(self) -> bool:
