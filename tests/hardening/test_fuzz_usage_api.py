@@ -19,7 +19,7 @@ from .support import ORCHESTRATOR_TOKEN, USAGE_API_CODES, assert_stable_error, d
 
 pytestmark = pytest.mark.django_db
 
-FUZZ = hsettings(max_examples=60, deadline=None, derandomize=True, database=None,
+FUZZ = hsettings(max_examples=150, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                         HealthCheck.data_too_large])
 
@@ -136,7 +136,7 @@ def test_record_batch_never_500_and_rejections_change_nothing(world, data):
     _check(_send(client, "POST", "/api/billing/usage/record-batch", raw, token), before)
 
 
-@hsettings(FUZZ, max_examples=40)
+@hsettings(FUZZ, max_examples=80)
 @given(data=st.data())
 def test_usage_summary_query_strings(world, data):
     client = Client()

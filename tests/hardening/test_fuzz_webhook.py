@@ -24,7 +24,7 @@ from .test_fuzz_usage_api import NASTY_STRINGS, json_values, texts
 pytestmark = pytest.mark.django_db
 
 SECRET = "whsec_hardening_fuzz_secret"
-FUZZ = hsettings(max_examples=80, deadline=None, derandomize=True, database=None,
+FUZZ = hsettings(max_examples=150, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                         HealthCheck.data_too_large])
 _ids = itertools.count(1)
