@@ -120,6 +120,7 @@ class PlanCard:
     period_end: datetime | None
     pending_plan: Plan | None = None        # deferred downgrade: the plan from pending_plan_at on
     pending_plan_at: datetime | None = None  # = the subscription's current period end
+    has_payment_method: bool = False         # the subscription has a default card (trial converts to paid)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ def plan_card(*, organization: Organization, summary: dict | None, now: datetime
         period_start=period_start, period_end=period_end,
         pending_plan=PLANS[sub.pending_plan_tier] if _pending(sub) else None,
         pending_plan_at=sub.current_period_end if _pending(sub) else None,
+        has_payment_method=bool(sub and sub.default_payment_method_id),
     )
 
 
@@ -256,8 +258,12 @@ def banners(card: PlanCard) -> list[Banner]:
     if card.status == SubscriptionStatus.TRIALING:
         days = card.trial_days_left
         when = f"in {days} day{'s' if days != 1 else ''}" if days else "today"
-        out.append(Banner("info", f"Your {card.plan.name} trial ends {when} ({_date(card.trial_ends_at)}). "
-                                  "Add a payment method to keep the plan; otherwise the org moves to Free."))
+        if card.has_payment_method:
+            out.append(Banner("info", f"Your {card.plan.name} trial ends {when} ({_date(card.trial_ends_at)}). "
+                                      f"Your card on file will then be charged {card.price} a month."))
+        else:
+            out.append(Banner("info", f"Your {card.plan.name} trial ends {when} ({_date(card.trial_ends_at)}). "
+                                      "Add a payment method to keep the plan; otherwise the org moves to Free."))
     elif card.status in (SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID):
         grace = f" The {card.plan.name} plan keeps working until {_date(card.grace_ends_at)}." \
             if card.grace_ends_at else ""

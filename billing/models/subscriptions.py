@@ -52,6 +52,9 @@ class Subscription(models.Model):
     # "" = none pending. Invariant: rank(pending_plan_tier) < rank(plan_tier). Written by subscription_sync.
     pending_plan_tier = models.CharField(max_length=16, blank=True, default="",
                                          choices=[("", "None")] + [c for c in PlanTier.choices if c[0] != "free"])
+    # The subscription's default payment method (Stripe `pm_…`) as Stripe reports it; "" = no card on
+    # the subscription (a trial started without one ends on Free). Written by subscription_sync.
+    default_payment_method_id = models.CharField(max_length=255, blank=True, default="")
     # Mirror of Stripe's status; written by subscription_sync (and the dunning service's cancel).
     status = models.CharField(max_length=24, choices=StripeSubscriptionStatus.choices)
     # Current billing period as Stripe reports it (UTC). A new start = a new period (usage resets).

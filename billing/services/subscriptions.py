@@ -124,6 +124,7 @@ class _Parsed:
     cancel_at_period_end: bool
     canceled_at: dt.datetime | None
     ended_at: dt.datetime | None
+    default_payment_method_id: str
 
 
 def _parse(obj: dict) -> _Parsed:
@@ -158,6 +159,7 @@ def _parse(obj: dict) -> _Parsed:
         cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
         canceled_at=stripe_ts(obj.get("canceled_at")),
         ended_at=stripe_ts(obj.get("ended_at")),
+        default_payment_method_id=stripe_id(obj.get("default_payment_method")) or "",
     )
 
 
@@ -213,7 +215,7 @@ def subscription_sync(*, stripe_subscription: dict, now: dt.datetime, event_crea
             raise BillingError(f"subscription {sub.stripe_subscription_id} moved organizations", code="ORG_MISMATCH")
         for field in ("stripe_customer_id", "stripe_price_id", "plan_tier", "status", "current_period_start",
                       "current_period_end", "trial_start", "trial_end", "cancel_at_period_end", "canceled_at",
-                      "ended_at"):
+                      "ended_at", "default_payment_method_id"):
             setattr(sub, field, getattr(parsed, field))
         sub.plan_tier, sub.pending_plan_tier = _effective_plan(parsed=parsed, previous=previous)
         if sub.status in (StripeSubscriptionStatus.ACTIVE, StripeSubscriptionStatus.TRIALING):

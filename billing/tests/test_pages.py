@@ -39,6 +39,19 @@ def test_trialing_shows_countdown_and_banner(client, owner):
     assert "3 days left" in html
     assert "trial ends in 3 days" in html
     assert "$99.00" in html
+    assert "Add a payment method to keep the plan" in html
+
+
+def test_trialing_with_a_card_on_file_says_it_will_be_charged(client, owner):
+    now = timezone.now()
+    org = owner.organization
+    org.subscription_tier, org.subscription_status = PlanTier.PRO, SubscriptionStatus.TRIALING
+    org.trial_ends_at = now + dt.timedelta(days=2, hours=3)
+    org.save()
+    _sub(org, status="trialing", now=now, trial_end=org.trial_ends_at, default_payment_method_id="pm_123")
+    html = client.get("/settings/billing").content.decode()
+    assert "Your card on file will then be charged $99.00 a month." in html
+    assert "Add a payment method" not in html
 
 
 def test_past_due_shows_grace_end_banner(client, owner):

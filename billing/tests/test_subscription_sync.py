@@ -189,3 +189,13 @@ def test_a_live_subscription_survives_the_end_of_an_older_one(org, now):
          now, created=p1 + 20)
     org.refresh_from_db()
     assert org.subscription_tier == "max"
+
+
+def test_card_on_the_subscription_is_mirrored_and_cleared(org, now):
+    sub_id = uid("sub")
+    obj = subscription_obj(sub_id=sub_id, customer=org.stripe_customer_id, org=org, tier="pro", status="trialing",
+                           period_start=ts(now), period_end=ts(now) + 7 * DAY)
+    assert sync({**obj, "default_payment_method": None}, now, created=ts(now)).default_payment_method_id == ""
+    with_card = {**obj, "default_payment_method": {"id": "pm_card_1", "object": "payment_method"}}
+    assert sync(with_card, now, created=ts(now) + 1).default_payment_method_id == "pm_card_1"
+    assert sync({**obj, "default_payment_method": None}, now, created=ts(now) + 2).default_payment_method_id == ""
