@@ -17,9 +17,11 @@ from django.db import IntegrityError, connection, transaction
 from billing.errors import BillingError
 from billing.plans import TIER_PAYOUT_CENTS
 from billing.services.balance import (
+    BALANCE_LOCK_SQL,
     ChargeResult,
     balance_charge,
     balance_charge_many,
+    balance_charge_row,
     balance_check,
     balance_for_update,
     balance_update_statement,
@@ -168,6 +170,10 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
     action = ActionInput(user_id=user_id, tier=tier, agent_id=agent_id, agent_name=agent_name, action_key=action_key,
                          description=description, metadata=metadata, idempotency_key=idempotency_key).validated()
     org_hex = org_id_hex(organization_id)
+    if connection.vendor == "mysql" and not connection.in_atomic_block:
+        fast = _record_fast(org_hex=org_hex, action=action, now=now)
+        if fast is not None:
+            return fast
     try:
         with transaction.atomic():
             charge = balance_charge(organization_id=org_hex, tier=tier, now=now, write=False)
@@ -196,6 +202,62 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
             if replay is not None:
                 return replay
         raise
+    return RecordResult(action_id=action_id, created=True, body={"success": True, "actionId": action_id, **body})
+
+
+def _record_fast(*, org_hex: str, action: ActionInput, now: dt.datetime) -> RecordResult | None:
+    """The common case in two round trips: `START TRANSACTION; SELECT … FOR UPDATE`, then
+    `INSERT fact; UPDATE balance; upsert rollup; COMMIT`, so the row lock is held for one round
+    trip. Same rules and facts as the atomic path (billing's balance_charge_row applies them);
+    anything unusual - no balance row yet, a period to roll, a warning email or auto top-up to
+    queue on commit - rolls back and returns None for the atomic path. Only outside any atomic
+    block (Django's transaction state stays "autocommit, no transaction" throughout)."""
+    committed = False
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"START TRANSACTION; {BALANCE_LOCK_SQL}", [org_hex])
+            cursor.nextset()
+            row = cursor.fetchone()
+            charge = balance_charge_row(row=row, tier=action.tier, now=now) if row is not None else None
+            if charge is None:
+                return None
+            body = _body(charge)
+            statements = [
+                (_INSERT_SQL + _ROW_PLACEHOLDER,
+                 _row_params(org_hex, action, charge, body if action.idempotency_key else None, db_datetime(now))),
+                balance_update_statement(charge.balance, now=now),
+                rollup_statement(org_hex=org_hex, rows=[(action.user_id, action.tier, charge.credits_charged)],
+                                 now=now),
+                ("COMMIT", []),
+            ]
+            cursor.execute("; ".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+            action_id = cursor.lastrowid
+            cursor.nextset()
+            updated = cursor.rowcount
+            cursor.nextset()
+            cursor.nextset()
+            committed = True
+            if updated != 1:  # impossible under the lock; loud, reconcile would show it
+                logger.error("fast path: balance UPDATE matched %s rows for org %s", updated, org_hex)
+        except IntegrityError:
+            cursor.execute("ROLLBACK")
+            replay = _replay(org_hex=org_hex, idempotency_key=action.idempotency_key) if action.idempotency_key else None
+            if replay is None:
+                raise
+            return replay
+        except BillingError as exc:
+            cursor.execute("ROLLBACK")
+            if action.idempotency_key and exc.code == "CREDITS_EXHAUSTED":
+                replay = _replay(org_hex=org_hex, idempotency_key=action.idempotency_key)
+                if replay is not None:
+                    return replay
+            raise
+        finally:
+            if not committed:
+                try:
+                    cursor.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the connection is gone; the server rolled back
+                    logger.warning("fast path: ROLLBACK failed for org %s", org_hex, exc_info=True)
     return RecordResult(action_id=action_id, created=True, body={"success": True, "actionId": action_id, **body})
 
 

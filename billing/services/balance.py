@@ -365,12 +365,15 @@ def credits_exhausted_error(balance: CreditBalance, tier: str) -> BillingError:
     )
 
 
-def _maybe_email(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime) -> None:
+def _maybe_email(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime, notify: bool = True) -> None:
     attname = _EMAIL_FIELD[kind].format(tier=tier)
     last = getattr(balance, attname)
     if last is not None and now - last < dt.timedelta(hours=settings.BILLING_WARNING_COOLDOWN_HOURS):
         return
     _mark(balance, attname, now)
+    balance._email_due = True
+    if not notify:
+        return
     notify_org_admins(organization_id=balance.organization_id, kind=kind, context={
         "tier": tier, "used": balance.used(tier), "included": balance.included(tier),
         "overage": balance.overage(tier), "topup_remaining": str(balance.topup_remaining),
@@ -378,8 +381,9 @@ def _maybe_email(balance: CreditBalance, *, kind: str, tier: str, now: dt.dateti
     })
 
 
-def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime) -> ChargeResult:
-    """Charge one action in memory (caller holds the lock and saves). Raises CREDITS_EXHAUSTED."""
+def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime, notify: bool = True) -> ChargeResult:
+    """Charge one action in memory (caller holds the lock and saves). Raises CREDITS_EXHAUSTED.
+    notify=False: a due warning email is only flagged (balance._email_due), not queued."""
     decision = _decide(balance, tier)
     if decision is None:
         raise credits_exhausted_error(balance, tier)
@@ -388,9 +392,9 @@ def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime) -> ChargeResu
         before, included = balance.used(tier), balance.included(tier)
         _mark(balance, f"used_{tier}", before + 1)
         if before + 1 == included:
-            _maybe_email(balance, kind=EMAIL_USAGE_100, tier=tier, now=now)
+            _maybe_email(balance, kind=EMAIL_USAGE_100, tier=tier, now=now, notify=notify)
         elif before * 100 < 80 * included <= (before + 1) * 100:
-            _maybe_email(balance, kind=EMAIL_USAGE_80, tier=tier, now=now)
+            _maybe_email(balance, kind=EMAIL_USAGE_80, tier=tier, now=now, notify=notify)
     elif paid_from == PaidFrom.CREDITS:
         _mark(balance, "topup_used", balance.topup_used + cost)
     else:
@@ -398,7 +402,7 @@ def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime) -> ChargeResu
         _mark(balance, f"overage_{tier}", before + 1)
         _mark(balance, "overage_credits_owed", balance.overage_credits_owed + cost)
         if before == 0:
-            _maybe_email(balance, kind=EMAIL_OVERAGE, tier=tier, now=now)
+            _maybe_email(balance, kind=EMAIL_OVERAGE, tier=tier, now=now, notify=notify)
     auto_due = balance.auto_topup_enabled and balance_total_remaining(balance) < balance.auto_topup_threshold
     return ChargeResult(tier=tier, paid_from=paid_from, credits_charged=cost, warning=warning, balance=balance,
                         remaining=remaining_by_tier(balance), topup_remaining=balance.topup_remaining,
@@ -416,6 +420,28 @@ def balance_charge(*, organization_id: Any, tier: str, now: dt.datetime, write: 
     result = _apply(balance, tier, now=now)
     if write:
         _save_changes(balance, now=now)
+    return result
+
+
+#: The hot path's locking read, for a caller that sends it in one round trip with START TRANSACTION.
+BALANCE_LOCK_SQL = _SELECT_FOR_UPDATE
+
+
+def balance_charge_row(*, row: tuple, tier: str, now: dt.datetime) -> ChargeResult | None:
+    """The hot path's charge: `row` is this org's balance as read by BALANCE_LOCK_SQL in the
+    caller's open transaction (so locked). Applies the rules in memory; the caller writes
+    balance_update_statement(result.balance) in the same transaction. Returns None - the caller
+    then rolls back and uses balance_charge - when this charge needs more than one UPDATE and a
+    fact row: a free period to roll, a warning email to queue on commit, or an auto top-up due.
+    Raises CREDITS_EXHAUSTED like balance_charge."""
+    validate_tier(tier)
+    balance = _from_row(row)
+    if now >= balance.period_end and balance.plan_tier == PlanTier.FREE:
+        return None
+    balance._email_due = False
+    result = _apply(balance, tier, now=now, notify=False)
+    if balance._email_due or result.auto_topup_due:
+        return None
     return result
 
 

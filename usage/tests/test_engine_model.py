@@ -163,7 +163,9 @@ class HardLimitMachine(EngineMachine):
     buffer_percent = 0
 
 
-@pytest.mark.django_db
+# Transactional: action_record then takes its two-round-trip fast path (outside any atomic block)
+# whenever it can, and the atomic path for creation, period rolls and warning emails.
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("machine", [EngineMachine, HardLimitMachine])
 def test_engine_matches_the_reference_model(machine, settings):
     settings.BILLING_SOFT_LIMIT_BUFFER = machine.buffer_percent
