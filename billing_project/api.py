@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 
 from .errors import AppError, InvalidRequest, ServiceUnavailable
@@ -73,18 +74,21 @@ def error_response(exc: AppError) -> JsonResponse:
 
 def parse_json_body(request: HttpRequest, *, max_bytes: int = MAX_JSON_BODY_BYTES) -> dict[str, Any]:
     """The request body as a JSON object, or InvalidRequest (never a 500)."""
+    too_large = InvalidRequest(f"request body is larger than {max_bytes} bytes", code="PAYLOAD_TOO_LARGE",
+                               http_status=413)
     length = request.META.get("CONTENT_LENGTH") or "0"
     try:
         declared = int(length)
     except ValueError:
         declared = 0
     if declared > max_bytes:
-        raise InvalidRequest(f"request body is larger than {max_bytes} bytes", code="PAYLOAD_TOO_LARGE",
-                             http_status=413)
-    raw = request.body
+        raise too_large
+    try:
+        raw = request.body
+    except RequestDataTooBig:  # no/lying Content-Length, past Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise too_large from None
     if len(raw) > max_bytes:
-        raise InvalidRequest(f"request body is larger than {max_bytes} bytes", code="PAYLOAD_TOO_LARGE",
-                             http_status=413)
+        raise too_large
     try:
         data = json_loads_strict(raw)
     except ValueError as exc:

@@ -192,3 +192,24 @@ def test_every_nasty_string_in_every_field(world, field):
             before = db_snapshot()
             r = _send(client, "POST", f"/api/billing/usage/{path}", json.dumps(payload).encode(), world["key"])
             _check(r, before)
+
+
+def test_body_without_content_length_past_djangos_cap_is_413_not_a_bare_400():
+    """Chunked uploads (no Content-Length; gunicorn sets wsgi.input_terminated) past Django's
+    DATA_UPLOAD_MAX_MEMORY_SIZE raise RequestDataTooBig on request.body: still our 413 code."""
+    import io
+
+    from django.test import RequestFactory
+
+    from billing_project.api import parse_json_body
+    from billing_project.errors import InvalidRequest
+
+    big = b'{"d": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    request = RequestFactory().generic("POST", "/api/billing/usage/record", content_type="application/json")
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["wsgi.input_terminated"] = True
+    request._stream = io.BytesIO(big)
+    request.__dict__.pop("_body", None)
+    with pytest.raises(InvalidRequest) as err:
+        parse_json_body(request)
+    assert (err.value.code, err.value.http_status) == ("PAYLOAD_TOO_LARGE", 413)
