@@ -2,8 +2,8 @@
 # `make bench`: usage-API throughput on the real stack (gunicorn + MariaDB + Redis), own database.
 #   make bench          # hot org / 100 orgs / batch / raw mysqlclient ceiling, then the drift check
 #   make bench soak     # long-running soak mode (hook; filled in by a later issue)
-# Env: BENCH_SECONDS (8), BENCH_CLIENTS (32), BENCH_BATCH_CLIENTS (4), BENCH_WORKERS (3),
-#      BENCH_THREADS (12), BENCH_DB_NAME (bench), BENCH_ORGS (100). Figures are printed, never asserted.
+# Env: BENCH_SECONDS (8), BENCH_CLIENTS (32), BENCH_BATCH_CLIENTS (4), BENCH_WORKERS (4),
+#      BENCH_THREADS (8), BENCH_DB_NAME (bench), BENCH_ORGS (100). Figures are printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -41,7 +41,7 @@ prep=test-artifacts/bench-orgs.json
 $PY bench/engine_prepare.py setup > "$prep"
 
 port="$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-workers="${BENCH_WORKERS:-3}"; threads="${BENCH_THREADS:-12}"
+workers="${BENCH_WORKERS:-4}"; threads="${BENCH_THREADS:-8}"
 echo "==> gunicorn 127.0.0.1:$port ($workers workers x $threads threads, gthread, settings.production)"
 .venv/bin/gunicorn billing_project.wsgi:application -c bench/gunicorn.conf.py --bind "127.0.0.1:$port" \
   --workers "$workers" --threads "$threads" --log-level warning \
