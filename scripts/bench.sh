@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: usage-API throughput on the real stack (gunicorn + MariaDB + Redis), own database.
 #   make bench          # hot org / 100 orgs / batch / raw mysqlclient ceiling, then the drift check
-#   make bench soak     # long-running soak mode (hook; filled in by a later issue)
+#   make bench soak     # mixed traffic for BENCH_SOAK_SECONDS (60) + drift check: bench/soak.py
 # Env: BENCH_SECONDS (8), BENCH_CLIENTS (32), BENCH_BATCH_CLIENTS (4), BENCH_WORKERS (2),
 #      BENCH_THREADS (16), BENCH_DB_NAME (bench), BENCH_ORGS (100). Figures are printed, never asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
 case "$mode" in
-  soak) echo "soak: not implemented yet"; exit 0 ;;
+  soak) scripts/bootstrap.sh test >/dev/null; exec .venv/bin/python bench/soak.py ;;  # bench/soak.py (HARDEN-B)
   ""|engine) ;;
   *) echo "usage: $0 [soak]" >&2; exit 2 ;;
 esac
