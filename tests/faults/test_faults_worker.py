@@ -21,7 +21,8 @@ def test_worker_killed_inside_the_stripe_call_rerun_charges_once(stack):
     hexid = stack.org_hex(org["id"])
     stack.sim_control("POST", "/_sim/faults", {"path_prefix": "/v1/payment_intents", "method": "POST",
                                                "mode": "timeout", "process": True, "delay_seconds": 60, "count": 1})
-    [pool_pid] = stack.worker.children()
+    pool_pid = stack.wait(lambda: len(stack.worker.children()) == 1 and stack.worker.children()[0], timeout=30,
+                          message="the worker's one pool process")
     log_mark = len(stack.worker.log())
 
     r = stack.api("/api/billing/usage/record", {"orgId": org["id"], "userId": "u1", "actionTier": "small"})
