@@ -11,8 +11,9 @@ it passes the leadership to the oldest waiter. A caller alone in the queue goes 
 
 Semantics are unchanged: the batch charges items in queue order, exactly like sequential
 requests (same rules, same bodies, replays of an idempotency key answer the first body), and if
-the whole batch fails (e.g. a replay racing another process hits the unique key) every item is
-retried on its own through `action_record`.
+the batch hits the unique idempotency key (a replay racing another process; the batch rolled
+back) every item is retried on its own through `action_record`. Any other failure goes to every
+caller unchanged: it may have struck at COMMIT with the outcome unknown, so nothing is re-run.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass, field
+
+from django.db import IntegrityError
 
 from billing.errors import BillingError
 from billing_project.errors import AppError
@@ -115,11 +118,21 @@ def _run(org_hex: str, batch: list[_Waiter]) -> None:
         for w in batch:
             w.error = exc
         return
-    except Exception:  # noqa: BLE001 - e.g. a cross-process replay race on the unique key
-        logger.warning("coalesced batch of %d for org %s failed; recording one by one", len(batch), org_hex,
-                       exc_info=True)
+    except IntegrityError:
+        # A replay racing another process hit the unique key: the batch rolled back, nothing of it
+        # was kept, so each item can safely go through on its own (a replay then answers its body).
+        logger.warning("coalesced batch of %d for org %s hit a unique key; recording one by one", len(batch),
+                       org_hex, exc_info=True)
         for w in batch:
             _single(w, org_hex)
+        return
+    except Exception as exc:  # noqa: BLE001 - handed to every caller, as if each had run alone
+        # Any other failure (connection lost, lock wait timeout, ...) may have happened at COMMIT with
+        # the outcome unknown: re-running the items here could record actions without an
+        # idempotency key twice. Each caller gets the error (503 via billing_project.api) and retries
+        # with its key, exactly as without coalescing.
+        for w in batch:
+            w.error = exc
         return
     for w, item in zip(batch, result.items, strict=True):
         item = dict(item)
