@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: usage-API throughput on the real stack (gunicorn + MariaDB + Redis), own database.
 #   make bench          # hot org / 100 orgs / batch / raw mysqlclient ceiling, then the drift check
+#   make bench reconcile  # 1M actions, time manage.py reconcile + peak RSS: bench/reconcile_bench.py
 #   make bench soak     # mixed traffic for BENCH_SOAK_SECONDS (60) + drift check: bench/soak.py
 # Env: BENCH_SECONDS (8), BENCH_CLIENTS (32), BENCH_BATCH_CLIENTS (4), BENCH_WORKERS (2),
 #      BENCH_THREADS (16), BENCH_DB_NAME (bench), BENCH_ORGS (100). Figures are printed, never asserted.
@@ -9,8 +10,11 @@ cd "$(dirname "$0")/.."
 mode="${1:-}"
 case "$mode" in
   soak) scripts/bootstrap.sh test >/dev/null; exec .venv/bin/python bench/soak.py ;;  # bench/soak.py (HARDEN-B)
+  reconcile) scripts/bootstrap.sh test >/dev/null
+    eval "$(scripts/services.sh start | sed 's/^/export /')"
+    exec .venv/bin/python bench/reconcile_bench.py ;;  # `make bench reconcile` (Makefile)
   ""|engine) ;;
-  *) echo "usage: $0 [soak]" >&2; exit 2 ;;
+  *) echo "usage: $0 [soak|reconcile]" >&2; exit 2 ;;
 esac
 
 scripts/bootstrap.sh test >/dev/null
