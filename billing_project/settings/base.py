@@ -158,5 +158,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # The SDK logs every request at INFO; billing.stripe (the gateway) logs one line per call.
+        "stripe": {"level": "WARNING"},
     },
 }

@@ -11,7 +11,15 @@ DEBUG = env.bool("DEBUG", default=True)
 SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-secret-key-do-not-use-in-production")
 DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR}/.local/dev.sqlite3"))}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Several gunicorn threads (and the simulator's webhooks) write at once. A deferred SQLite
+    # transaction that reads first and writes later gets SQLITE_BUSY at once when another writer
+    # holds the lock (no waiting: it could deadlock), so transactions begin IMMEDIATE and wait up
+    # to `timeout` for the write lock; WAL keeps readers from blocking the writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
 ORCHESTRATOR_SERVICE_TOKEN = env.str("ORCHESTRATOR_SERVICE_TOKEN", default="dev-orchestrator-token")
 
 # The bundled Stripe simulator (stripe_sim, a test double; scripts/run-extras.sh starts it).
