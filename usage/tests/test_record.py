@@ -126,3 +126,20 @@ def test_check_answers_without_writing(now):
     body = action_check(organization_id=org.pk, tier="medium", now=now)
     assert body["allowed"] is True and body["paidFrom"] == "plan" and body["remainingCredits"]["medium"] == 100
     assert not CreditBalance.objects.exists() and not BillableAction.objects.exists()
+
+
+@pytest.mark.django_db
+def test_billable_actions_are_immutable_in_the_database(now):
+    """Facts are append-only: the database itself refuses to change a recorded action."""
+    from django.db import DatabaseError, transaction
+
+    from organizations.tests.factories import OrganizationFactory
+    from usage.models import BillableAction
+    from usage.services import action_record
+
+    org = OrganizationFactory()
+    action_id = action_record(organization_id=org.pk, user_id="u1", tier="xl", now=now).action_id
+    with pytest.raises(DatabaseError, match="immutable"), transaction.atomic():
+        BillableAction.objects.filter(pk=action_id).update(credits_charged="0.00", paid_from="overage")
+    row = BillableAction.objects.get(pk=action_id)
+    assert (row.paid_from, row.tier) == ("plan", "xl")
