@@ -50,17 +50,18 @@ def _dashboard(request: HttpRequest) -> str:
     return f"/settings/billing?org={request.org.slug}"
 
 
-def _respond(request: HttpRequest, run, *, redirect_to=None, message=None) -> HttpResponse:
-    """Run the service; JSON in/out for API clients, redirect + flash message for dashboard forms."""
+def _respond(request: HttpRequest, run, *, as_json=None, redirect_to=None, message=None) -> HttpResponse:
+    """Run the service; JSON in/out for API clients (`as_json(result)`, default the result itself),
+    redirect + flash message for dashboard forms (`message`: text, or a function of the result)."""
     if not _is_form(request):
-        return json_api(lambda req: run())(request)
+        return json_api(lambda req: as_json(run()) if as_json else run())(request)
     try:
         result = run()
     except AppError as exc:
         messages.error(request, exc.message)
         return HttpResponseRedirect(_dashboard(request))
     if message:
-        messages.success(request, message)
+        messages.success(request, message(result) if callable(message) else message)
     return HttpResponseRedirect(redirect_to(result) if redirect_to else _dashboard(request))
 
 
@@ -117,41 +118,20 @@ def _downgrade_message(sub) -> str:
 @org_view(require_admin=True)
 def subscription_downgrade(request: HttpRequest, membership) -> HttpResponse:
     """Schedule a lower plan for the period end (`plan` = the current plan: keep it)."""
-    if _is_form(request):
-        body = _body(request)
-        try:
-            sub = checkout.subscription_downgrade(organization=request.org, plan_tier=_plan(body), now=timezone.now())
-        except AppError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, _downgrade_message(sub))
-        return HttpResponseRedirect(_dashboard(request))
-
     def run():
-        body = _body(request)
-        return _sub_json(checkout.subscription_downgrade(organization=request.org, plan_tier=_plan(body),
-                                                         now=timezone.now()))
-    return _respond(request, run)
+        return checkout.subscription_downgrade(organization=request.org, plan_tier=_plan(_body(request)),
+                                               now=timezone.now())
+    return _respond(request, run, as_json=_sub_json, message=_downgrade_message)
 
 
 @require_POST
 @org_view(require_admin=True)
 def subscription_downgrade_cancel(request: HttpRequest, membership) -> HttpResponse:
     """Keep the current plan: cancel a pending downgrade."""
-    if _is_form(request):
-        _body(request)
-        try:
-            sub = checkout.subscription_downgrade_cancel(organization=request.org, now=timezone.now())
-        except AppError as exc:
-            messages.error(request, exc.message)
-        else:
-            messages.success(request, _downgrade_message(sub))
-        return HttpResponseRedirect(_dashboard(request))
-
     def run():
         _body(request)
-        return _sub_json(checkout.subscription_downgrade_cancel(organization=request.org, now=timezone.now()))
-    return _respond(request, run)
+        return checkout.subscription_downgrade_cancel(organization=request.org, now=timezone.now())
+    return _respond(request, run, as_json=_sub_json, message=_downgrade_message)
 
 
 @require_POST

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,12 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SIM_SECRET_KEY = "sk_test_simulator"
 SIM_WEBHOOK_SECRET = "whsec_test_simulator"
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http_json(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> Any:

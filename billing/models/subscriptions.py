@@ -9,22 +9,14 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
-from organizations.models import Organization, PlanTier
+from organizations.models import Organization, PlanTier, SubscriptionStatus
 
 __all__ = ["Subscription", "StripeSubscriptionStatus", "LIVE_SUBSCRIPTION_STATUSES", "ENDED_SUBSCRIPTION_STATUSES"]
 
 
-class StripeSubscriptionStatus(models.TextChoices):
-    """Every status a Stripe subscription can have (API 2024+)."""
-
-    INCOMPLETE = "incomplete", "Incomplete"
-    INCOMPLETE_EXPIRED = "incomplete_expired", "Incomplete (expired)"
-    TRIALING = "trialing", "Trialing"
-    ACTIVE = "active", "Active"
-    PAST_DUE = "past_due", "Past due"
-    CANCELED = "canceled", "Canceled"
-    UNPAID = "unpaid", "Unpaid"
-    PAUSED = "paused", "Paused"
+#: Every status a Stripe subscription can have: the same enum the organization mirrors (one
+#: definition, in organizations; billing may import it).
+StripeSubscriptionStatus = SubscriptionStatus
 
 
 #: Statuses in which the subscription's plan applies to the org.

@@ -8,7 +8,7 @@ from decimal import Decimal
 from billing.models import AutoTopupSettingsChange, CreditBalance, Invoice, Subscription, WebhookEvent
 from billing.services.grants import credit_grant_create
 from usage.services import action_record
-from organizations.models import ApiKey, Membership
+from organizations.models import ApiKey
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
 

@@ -12,36 +12,20 @@ from django.utils import timezone
 
 from billing.models import Subscription
 from billing.services.dunning import dunning_enforce
-from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import (  # noqa: F401 - hooks_stripe_settings is a fixture
+from .webhook_support import (  # noqa: F401 - fixtures are used by name
     DAY,
+    deliver,
     hooks_stripe_settings,
     invoice_obj,
     make_event,
+    org,
     post_event,
     subscription_obj,
     uid,
 )
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hooks_stripe_settings")]
-
-
-@pytest.fixture
-def org():
-    org = OrganizationFactory(stripe_customer_id=uid("cus"))
-    MembershipFactory(organization=org)
-    return org
-
-
-@pytest.fixture
-def deliver(client, django_capture_on_commit_callbacks):
-    def _deliver(event: dict) -> None:
-        with django_capture_on_commit_callbacks(execute=True):
-            response = post_event(client, event)
-        assert response.status_code == 200, response.content
-
-    return _deliver
 
 
 @pytest.fixture

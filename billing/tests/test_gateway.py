@@ -40,7 +40,7 @@ def test_not_found_and_auth_errors_map_to_codes(stripe_settings, settings):
 
 
 def test_unreachable_stripe_is_unavailable(stripe_settings, settings):
-    from tests.stripe_fixtures import free_port
+    from tests.helpers import free_port
     settings.STRIPE_API_BASE = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(BillingError) as exc:
         gw.customer_retrieve("cus_x")

@@ -13,18 +13,10 @@ from billing.plans import PLANS
 from billing.services.balance import balance_add_topup_credits, balance_charge
 from billing.services.subscriptions import plan_tier_for_price, subscription_sync
 from organizations.models import Organization
-from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import DAY, PRICES, hooks_stripe_settings, subscription_obj, ts, uid  # noqa: F401
+from .webhook_support import DAY, PRICES, hooks_stripe_settings, org, subscription_obj, ts, uid  # noqa: F401 - fixtures are used by name
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hooks_stripe_settings")]
-
-
-@pytest.fixture
-def org():
-    org = OrganizationFactory(stripe_customer_id=uid("cus"))
-    MembershipFactory(organization=org)
-    return org
 
 
 def balance_of(org) -> CreditBalance:

@@ -3,7 +3,6 @@
 The async (real Celery worker) outcomes live in test_topup_worker.py."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 from decimal import Decimal
 
@@ -18,7 +17,7 @@ from billing.tests.topup_support import SIM_WEBHOOK_SECRET, customer_with_card, 
 from billing.tests.topup_support import topup_sim  # noqa: F401 - fixture
 from billing.tests.webhook_support import post_event, sign  # noqa: F401
 from organizations.models import Role
-from organizations.tests.factories import MembershipFactory, OrganizationFactory
+from organizations.tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from billing.services.grants import credit_grant_create
 from billing.tests.topup_support import customer_with_card, topup_sim  # noqa: F401
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory, UserFactory
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from usage.services import action_record
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -80,9 +80,7 @@ def test_broker_down_then_up_sweeper_does_the_topup(topup_sim, celery_worker, se
     # Point the app at a closed Redis port for the record (the real outage can't be caused otherwise
     # without stopping the shared Redis, which other people's tests use).
     good = app.conf.broker_url
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = free_port()
     app.conf.broker_url = f"redis://127.0.0.1:{closed_port}/0"
     app._pool = None
     app.amqp._producer_pool = None

@@ -14,40 +14,22 @@ from django.core.management import call_command
 
 from billing.models import Invoice, Subscription, WebhookEvent
 from billing.services.webhooks import WEBHOOK_MAX_RETRIES, webhook_event_reprocess
-from organizations.tests.factories import MembershipFactory, OrganizationFactory
+from organizations.tests.factories import OrganizationFactory
 
-from .webhook_support import (  # noqa: F401 - hooks_stripe_settings is a fixture
+from .webhook_support import (  # noqa: F401 - fixtures are used by name
     DAY,
+    deliver,
+    hooks_stripe_settings,
     invoice_obj,
     make_event,
+    org,
     post_event,
     sign,
-    hooks_stripe_settings,
     subscription_obj,
     uid,
 )
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hooks_stripe_settings")]
-
-
-@pytest.fixture
-def org():
-    org = OrganizationFactory(stripe_customer_id=uid("cus"))
-    MembershipFactory(organization=org)
-    return org
-
-
-@pytest.fixture
-def deliver(client, django_capture_on_commit_callbacks):
-    """POST a signed event; run what was queued on commit (the eager processing task, emails)."""
-
-    def _deliver(event: dict, *, expect: int = 200):
-        with django_capture_on_commit_callbacks(execute=True):
-            response = post_event(client, event)
-        assert response.status_code == expect, response.content
-        return response.json()
-
-    return _deliver
 
 
 @pytest.fixture

@@ -36,6 +36,30 @@ def hooks_stripe_settings(settings):
     return settings
 
 
+@pytest.fixture
+def org():
+    """An org with a Stripe customer id and an owner (webhook, subscription sync and dunning tests)."""
+    from organizations.tests.factories import MembershipFactory, OrganizationFactory
+
+    org = OrganizationFactory(stripe_customer_id=uid("cus"))
+    MembershipFactory(organization=org)
+    return org
+
+
+@pytest.fixture
+def deliver(client, django_capture_on_commit_callbacks):
+    """POST a signed event; run what was queued on commit (the eager processing task, emails).
+    Asserts the HTTP status (`expect`) and returns the JSON answer."""
+
+    def _deliver(event: dict, *, expect: int = 200):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = post_event(client, event)
+        assert response.status_code == expect, response.content
+        return response.json()
+
+    return _deliver
+
+
 def sign(body: bytes, *, secret: str = TEST_WEBHOOK_SECRET, timestamp: int | None = None) -> str:
     t = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()

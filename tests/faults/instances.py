@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PY = sys.executable
@@ -29,21 +29,9 @@ DB_USER = "billing"
 DB_PASS = "billing-faults-pw"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def poll(predicate: Callable[[], object], *, timeout: float, message: str, interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    """tests.helpers.wait_until (its WaitTimedOut is a TimeoutError too)."""
+    return wait_until(predicate, timeout=timeout, message=message, interval=interval)
 
 
 def _quiet(cmd: list[str], timeout: float = 10) -> bool:

@@ -19,7 +19,7 @@ from billing import stripe_gateway
 from billing.models.webhooks import WebhookEvent
 
 from .support import WEBHOOK_CODES, assert_stable_error, db_snapshot
-from .test_fuzz_usage_api import NASTY_STRINGS, json_values, texts
+from .test_fuzz_usage_api import NASTY_STRINGS, json_values
 
 pytestmark = pytest.mark.django_db
 

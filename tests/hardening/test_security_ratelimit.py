@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 
 import pytest
+
+from tests.helpers import free_port
 import redis
 from django.conf import settings as django_settings
 from django.test import Client
@@ -94,9 +95,7 @@ def test_orchestrator_has_its_own_limit_off_by_default(real_redis, settings):
 
 def test_redis_down_fails_open(settings, now, caplog):
     """Billing keeps recording when Redis is unreachable (a closed port); the limiter logs and steps aside."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when this block ends: nothing listens there
+    port = free_port()  # nothing listens there
     settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
     settings.USAGE_API_RATE_LIMIT_PER_MINUTE = 1
     ratelimit._redis_down_until = 0.0
