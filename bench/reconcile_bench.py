@@ -163,9 +163,15 @@ def _populate(url: str, *, rows: int, orgs: int, seed: int = 7) -> dict[str, flo
         " VALUES (%s, %s, %s, 'max', %s, %s, %s, %s, %s, %s, %s, %s, 0, 0, 0, 0, %s, %s, 0, 0, 50, 1, 10, 0, %s)",
         [(oid, cur_start, cur_end, *max_included.values(), *(u[t] for t in TIERS), grant, cu, now)
          for oid, u, cu in balances])
-    # Plant drift in three orgs (reconcile must find exactly these).
+    # The daily usage rollups the services keep in the same transaction as each action.
+    cur.execute("INSERT INTO usage_daily_rollups (organization_id, day, tier, user_id, actions, credits_charged)"
+                " SELECT organization_id, DATE(created_at), tier, user_id, COUNT(*), SUM(credits_charged)"
+                " FROM billable_actions GROUP BY organization_id, DATE(created_at), tier, user_id")
+    # Plant drift in three orgs (reconcile must find exactly these); the first also in a rollup bucket.
     drifted = org_ids[: min(3, orgs)]
     cur.execute("UPDATE credit_balances SET used_small = used_small + 1 WHERE organization_id = %s", [drifted[0]])
+    cur.execute("UPDATE usage_daily_rollups SET actions = actions + 1 WHERE organization_id = %s LIMIT 1",
+                [drifted[0]])
     if len(drifted) > 1:
         cur.execute("UPDATE credit_balances SET topup_used = topup_used + 2.5 WHERE organization_id = %s",
                     [drifted[1]])

@@ -15,6 +15,8 @@ from decimal import Decimal
 
 from django.db import connection
 
+from billing.models import CreditBalance
+
 from .models import BillableAction, UsageDailyRollup
 
 _TABLE = UsageDailyRollup._meta.db_table
@@ -60,41 +62,62 @@ def rollup_add(*, org_hex: str, rows: Iterable[tuple[str, str, Decimal]], now: d
 # --- reconcile: the rollups are a derived cache, checked and rebuilt from the facts -------------
 
 _BA = BillableAction._meta.db_table
+_CB = CreditBalance._meta.db_table
 
 
-def _day_expr() -> str:
+def _day_expr(column: str = "created_at") -> str:
     # created_at is stored as naive UTC (MySQL backend under USE_TZ) or an ISO string (SQLite).
-    return "DATE(created_at)"
+    return f"DATE({column})"
 
 
 def rollup_drifts(organization_ids: list) -> dict:
     """{org uuid.UUID: [(day, tier, user_id, fact_actions, fact_credits, rollup_actions, rollup_credits)]}
-    for every bucket where the rollup disagrees with GROUP BY over the facts. The comparison runs in
-    SQL (UNION ALL of both sides, grouped): only mismatched buckets reach Python, so memory stays
-    flat whatever the number of actions."""
+    for every bucket of the orgs' current period (whole UTC days from the day the cached balance's
+    period started: what the usage pages read) where the rollup disagrees with the facts.
+
+    Two passes, both compared in SQL so only mismatches reach Python (memory stays flat): totals per
+    (org, day, tier) for the whole chunk, then the per-user buckets of just the orgs that disagree.
+    A drift that moves actions between users of one day and tier with unchanged totals is the one
+    kind the first pass cannot see (no writer of ours can make it; `rollups_rebuild` repairs it)."""
     if not organization_ids:
         return {}
+    coarse = _compare(organization_ids, by_user=False)
+    drifted = sorted({org for org, _row in coarse})
+    out: dict = {}
+    for org, row in _compare(drifted, by_user=True) if drifted else []:
+        out.setdefault(org, []).append(row)
+    return out
+
+
+def _compare(organization_ids: list, *, by_user: bool) -> list[tuple]:
+    """(org, (day, tier, user_id | "*", fact_actions, fact_credits, rollup_actions, rollup_credits)) of
+    the mismatched buckets, grouped per user or per (day, tier)."""
     hexes = [getattr(o, "hex", o) for o in organization_ids]
     marks = ", ".join(["%s"] * len(hexes))
+    user = "user_id" if by_user else "'*'"
+    since = "DATE(b.period_start)"
     sql = (
-        "SELECT organization_id, day, tier, user_id, SUM(fa), SUM(fc), SUM(ra), SUM(rc) FROM ("
-        f" SELECT organization_id, {_day_expr()} AS day, tier, user_id, COUNT(*) AS fa,"
-        "  SUM(credits_charged) AS fc, 0 AS ra, 0 AS rc"
-        f" FROM {_BA} WHERE organization_id IN ({marks}) GROUP BY organization_id, {_day_expr()}, tier, user_id"
+        f"SELECT organization_id, day, tier, u, SUM(fa), SUM(fc), SUM(ra), SUM(rc) FROM ("
+        f" SELECT a.organization_id, {_day_expr('a.created_at')} AS day, a.tier, {user} AS u, COUNT(*) AS fa,"
+        f"  SUM(a.credits_charged) AS fc, 0 AS ra, 0 AS rc"
+        f" FROM {_BA} a JOIN {_CB} b ON b.organization_id = a.organization_id"
+        f" WHERE a.organization_id IN ({marks}) AND a.created_at >= {since}"
+        f" GROUP BY a.organization_id, {_day_expr('a.created_at')}, a.tier, u"
         " UNION ALL"
-        " SELECT organization_id, day, tier, user_id, 0, 0, actions, credits_charged"
-        f" FROM {_TABLE} WHERE organization_id IN ({marks})"
-        ") x GROUP BY organization_id, day, tier, user_id"
+        f" SELECT r.organization_id, r.day, r.tier, {user} AS u, 0, 0, SUM(r.actions), SUM(r.credits_charged)"
+        f" FROM {_TABLE} r JOIN {_CB} b ON b.organization_id = r.organization_id"
+        f" WHERE r.organization_id IN ({marks}) AND r.day >= {since}"
+        " GROUP BY r.organization_id, r.day, r.tier, u"
+        ") x GROUP BY organization_id, day, tier, u"
         " HAVING SUM(fa) <> SUM(ra) OR SUM(fc) <> SUM(rc)"
-        " ORDER BY organization_id, day, tier, user_id"
+        " ORDER BY organization_id, day, tier, u"
     )
-    out: dict = {}
+    q = Decimal("0.01")
     with connection.cursor() as cursor:
         cursor.execute(sql, hexes + hexes)
-        for org_hex, day, tier, user_id, fa, fc, ra, rc in cursor.fetchall():
-            out.setdefault(uuid.UUID(str(org_hex)), []).append((str(day), tier, user_id, int(fa), Decimal(fc or 0).quantize(
-                Decimal("0.01")), int(ra), Decimal(rc or 0).quantize(Decimal("0.01"))))
-    return out
+        return [(uuid.UUID(str(org)), (str(day), tier, u, int(fa), Decimal(fc or 0).quantize(q), int(ra),
+                                       Decimal(rc or 0).quantize(q)))
+                for org, day, tier, u, fa, fc, ra, rc in cursor.fetchall()]
 
 
 def rollups_rebuild(*, org_hex: str) -> int:

@@ -141,6 +141,8 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")  # empty = api.stripe.com
 # SDK network retries (connection errors / 409 / 429 / 5xx, same idempotency key); the gateway caps it at 0..5.
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+# Seconds the gateway waits for Stripe's answer (connect timeout is separate and short).
+STRIPE_READ_TIMEOUT_SECONDS = env.float("STRIPE_READ_TIMEOUT_SECONDS", default=30.0)
 STRIPE_PRICE_STARTER = env.str("STRIPE_PRICE_STARTER", default="")
 STRIPE_PRICE_PRO = env.str("STRIPE_PRICE_PRO", default="")
 STRIPE_PRICE_MAX = env.str("STRIPE_PRICE_MAX", default="")
