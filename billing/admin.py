@@ -33,6 +33,7 @@ from billing_project.errors import AppError
 from .errors import BillingError
 from .models import AutoTopupSettingsChange, CreditBalance, CreditPurchase, Invoice, Subscription, WebhookEvent
 from .plans import TIERS, format_cents
+from .services.accounts import billing_account_open
 from .services.grants import MAX_GRANT_CREDITS, credit_grant_create
 
 logger = logging.getLogger("billing.admin")
@@ -330,6 +331,15 @@ class BillingOrganizationAdmin(OrganizationAdmin):
                        "subscription_status", "trial_ends_at")
     inlines = [CreditBalanceInline, *OrganizationAdmin.inlines, SubscriptionInline]
     actions = ["grant_credits"]
+
+    def save_model(self, request: HttpRequest, obj: Organization, form, change: bool) -> None:
+        if not change and obj.created_at is None:
+            obj.created_at = timezone.now()  # read-only in the form; services stamp it, so does the admin
+        super().save_model(request, obj, form, change)
+        if not change:
+            # Members are saved by the inlines after this, in the same transaction; the welcome email
+            # is queued on commit, so it reaches the owners added on this very form.
+            billing_account_open(organization_id=obj.pk, now=obj.created_at)
 
     @admin.display(description="Stripe customer")
     def stripe_customer(self, obj: Organization):

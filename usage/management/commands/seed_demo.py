@@ -14,6 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.errors import BillingError
+from billing.services.accounts import billing_account_open
 from billing.services.balance import balance_read, balance_set_plan
 from organizations.models import ApiKey, Organization, PlanTier, Role
 from organizations.services import api_key_create, api_key_revoke, membership_add, organization_create, user_create
@@ -54,6 +55,7 @@ class Command(BaseCommand):
                 org = Organization.objects.filter(slug=slug).first()
                 if org is None:
                     org = organization_create(name=name, slug=slug, owner=user, now=now - DEMO_AGE)
+                    billing_account_open(organization_id=org.pk, now=now - DEMO_AGE)  # balance + welcome email
                     Organization.objects.filter(pk=org.pk).update(subscription_tier=tier)
                     org.refresh_from_db()
                     if tier != PlanTier.FREE:  # paid: a (pretend) subscription period that began with the org
