@@ -208,6 +208,13 @@ def subscription_sync(*, stripe_subscription: dict, now: dt.datetime, event_crea
             logger.info("stale subscription state ignored: %s event created %s < applied %s",
                         sub.stripe_subscription_id, event_created, sub.last_event_created)
             return sub
+        if sub is not None and sub.status in ENDED_SUBSCRIPTION_STATUSES \
+                and parsed.status not in ENDED_SUBSCRIPTION_STATUSES:
+            # Stripe never revives an ended subscription: this is older news carrying the same
+            # `created` second as the deletion (ties are common: a cancel emits updated + deleted).
+            logger.info("ended subscription %s not revived by %s state (event created %s)",
+                        sub.stripe_subscription_id, parsed.status, event_created)
+            return sub
         previous = _Snapshot.of(sub)
         if sub is None:
             sub = Subscription(organization=org, stripe_subscription_id=parsed.stripe_subscription_id, created_at=now)

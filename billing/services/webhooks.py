@@ -301,6 +301,10 @@ def handle_subscription_event(*, event: dict, now: dt.datetime) -> None:
 def handle_subscription_trial_will_end(*, event: dict, now: dt.datetime) -> None:
     obj = _object(event)
     sub = subscription_sync(stripe_subscription=obj, now=now, event_created=_created(event))
+    if sub.status != "trialing":
+        # Late delivery: the trial already ended (canceled, or converted to paid): nothing to announce.
+        logger.info("trial_will_end for %s ignored: subscription is %s", sub.stripe_subscription_id, sub.status)
+        return
     has_card = bool(obj.get("default_payment_method") or obj.get("default_source"))
     from ..plans import PLANS  # noqa: PLC0415
 
