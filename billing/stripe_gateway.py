@@ -277,6 +277,13 @@ def checkout_session_retrieve(session_id: str, *, expand: list[str] | None = Non
                  params={"expand": expand} if expand else None)
 
 
+def checkout_session_expire(*, session_id: str, idempotency_key: str) -> dict[str, Any]:
+    """Expire an open Checkout Session so it can no longer be completed. Stripe answers 400 for a
+    session that is not open (complete / already expired): read it back to tell which."""
+    return _call("checkout_session_expire", get_client().v1.checkout.sessions.expire, session_id,
+                 options=_opts(_require_key(idempotency_key)))
+
+
 def billing_portal_session_create(*, customer_id: str, return_url: str, idempotency_key: str) -> dict[str, Any]:
     return _call("billing_portal_session_create", get_client().v1.billing_portal.sessions.create,
                  params={"customer": customer_id, "return_url": return_url},

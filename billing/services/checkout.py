@@ -142,9 +142,41 @@ def _checkout_intent_reusable(intent: CheckoutIntent, *, plan_tier: str, trial_d
     return True
 
 
-def checkout_intent_open(*, organization, plan_tier: str, trial_days: int, now: dt.datetime) -> CheckoutIntent:
+class _SessionStillOpen(Exception):
+    """The open intent to supersede has a session Stripe may still complete: expire it there first."""
+
+    def __init__(self, intent: CheckoutIntent) -> None:
+        super().__init__(intent.stripe_checkout_session_id)
+        self.intent = intent
+
+
+def checkout_session_expire_at_stripe(*, intent: CheckoutIntent) -> None:
+    """Make the intent's Checkout Session uncompletable at Stripe (outside any transaction). A session
+    the customer already completed means the org is subscribed (our webhook has not landed yet):
+    Conflict ALREADY_SUBSCRIBED. An already expired session is fine."""
+    _no_transaction("checkout_session_expire_at_stripe")
+    session_id = intent.stripe_checkout_session_id
+    try:
+        stripe_gateway.checkout_session_expire(session_id=session_id, idempotency_key=f"checkout-expire:{intent.pk}")
+    except BillingError as exc:
+        if exc.code != "STRIPE_INVALID_REQUEST":
+            raise
+        state = stripe_gateway.checkout_session_retrieve(session_id).get("status")
+        if state == "complete":
+            raise Conflict("the organization already completed a checkout; its subscription is being set up",
+                           code="ALREADY_SUBSCRIBED") from exc
+        if state != "expired":
+            raise
+    logger.info("checkout intent %s: session %s expired at Stripe (superseded)", intent.pk, session_id)
+
+
+def checkout_intent_open(*, organization, plan_tier: str, trial_days: int, now: dt.datetime,
+                         expired_session_ids: frozenset[str] = frozenset()) -> CheckoutIntent:
     """The org's open checkout intent for this plan (a double click), or a new committed one. An open
     intent for another plan (or too old) is expired first: one open intent per org (DB constraint).
+    Its Checkout Session must already be expired at Stripe (`expired_session_ids`), else
+    `_SessionStillOpen` is raised for the caller to do that outside the transaction: two tabs must
+    never both be able to complete a checkout (two subscriptions, two trials).
     Serialised on the organization row lock (lock order organization first)."""
     with transaction.atomic():
         Organization.objects.select_for_update().filter(pk=organization.pk).values_list("pk", flat=True).first()
@@ -152,6 +184,8 @@ def checkout_intent_open(*, organization, plan_tier: str, trial_days: int, now: 
         if current is not None:
             if _checkout_intent_reusable(current, plan_tier=plan_tier, trial_days=trial_days, now=now):
                 return current
+            if current.stripe_checkout_session_id and current.stripe_checkout_session_id not in expired_session_ids:
+                raise _SessionStillOpen(current)
             if current.status == CheckoutIntentStatus.STARTED and not current.stripe_checkout_session_id:
                 logger.warning("checkout intent %s left started without a session; superseded", current.pk)
             CheckoutIntent.objects.filter(pk=current.pk, open_slot=True).update(
@@ -208,7 +242,18 @@ def checkout_start(*, organization, plan_tier: str, email: str | None, now: dt.d
                        code="ALREADY_SUBSCRIBED")
     customer_id = stripe_customer_ensure(organization=organization, email=email, now=now)
     trial_days = TRIAL_DAYS if organization.trial_ends_at is None and PLANS[plan_tier].trial_eligible else 0
-    intent = checkout_intent_open(organization=organization, plan_tier=plan_tier, trial_days=trial_days, now=now)
+    expired: set[str] = set()
+    for _attempt in range(3):
+        try:
+            intent = checkout_intent_open(organization=organization, plan_tier=plan_tier, trial_days=trial_days,
+                                          now=now, expired_session_ids=frozenset(expired))
+            break
+        except _SessionStillOpen as still_open:
+            checkout_session_expire_at_stripe(intent=still_open.intent)
+            expired.add(still_open.intent.stripe_checkout_session_id)
+    else:
+        raise Conflict("another checkout is being started for this organization; try again",
+                       code="CHECKOUT_IN_PROGRESS")
     if intent.stripe_checkout_session_id and intent.checkout_url:
         logger.info("checkout intent %s reused (session %s)", intent.pk, intent.stripe_checkout_session_id)
         return _checkout_result(intent, reused=True)
@@ -226,6 +271,11 @@ def checkout_start(*, organization, plan_tier: str, email: str | None, now: dt.d
         stripe_checkout_session_id=session["id"], checkout_url=session["url"],
         session_expires_at=stripe_ts(session.get("expires_at")))
     intent.refresh_from_db()
+    if intent.status == CheckoutIntentStatus.EXPIRED and intent.stripe_checkout_session_id == session["id"]:
+        # Another tab superseded this intent while we were calling Stripe (it saw no session to expire):
+        # expire ours ourselves, so only the newer checkout can be completed.
+        checkout_session_expire_at_stripe(intent=intent)
+        raise Conflict("a checkout for another plan replaced this one", code="CHECKOUT_SUPERSEDED")
     logger.info("checkout intent %s started session %s (%s, trial %s)", intent.pk, session["id"], plan_tier,
                 trial_days)
     return {**_checkout_result(intent, reused=False), "url": session["url"], "sessionId": session["id"]}
