@@ -6,15 +6,16 @@ The facts are `billable_actions` (usage) and credit purchases/grants whose credi
     included_T            = PLANS[b.plan_tier].included[T]
     used_T / overage_T    = COUNT(actions of P, tier T, paid from plan / overage)
     topup_purchased       = SUM(credits of purchases with credits_applied_at set)       (all time)
-    overage_credits_owed  = max(0, L_K) + O_after                                         (all time)
-    topup_used            = C + O - overage_credits_owed                                  (all time)
+    overage_credits_owed  = O - S                                                         (all time)
+    topup_used            = C + S                                                         (all time)
 
-where C / O are the credits charged by `credits` / `overage` actions ever, K is the last applied
-top-up (time t_K), L_K = C(<= t_K) + O(<= t_K) - topup_purchased and O_after = O(> t_K).
-Why: balance_add_topup_credits settles owed overage from the whole remainder, so right after each
-top-up either nothing is owed or nothing remains, and owed - remaining = C + O - purchased is
-conserved; after the last top-up, owed only grows by new overage (no top-up yet pays it).
-Actions stamped exactly at t_K count as before it (same-microsecond ties are not ordered).
+where C / O are the credits charged by `credits` / `overage` actions ever and S is the overage the
+applied top-ups and grants settled (their `overage_settled`, written under the balance lock when
+their credits were applied). S is recorded, not derived from timestamps: which overage a top-up
+settles depends on the order the balance lock saw actions and top-ups in, and every writer takes
+its `now` before it waits for that lock (the auto top-up task even before its Stripe call), so
+created_at / credits_applied_at do not give that order. The checks still hold the conservation
+owed - remaining = C + O - purchased, and the balance's constraints (owed >= 0, used <= purchased).
 
 Everything is computed by SQL aggregates per chunk of orgs (one GROUP BY over the chunk's
 actions joined with its balances, one over its purchases); Python only sees a few rows per org,
@@ -75,13 +76,11 @@ class OrgFacts:
     used: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
     overage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
     action_count: int = 0
-    credits_before: Decimal = _ZERO    # C(<= t_K) (all of C when no top-up was applied)
-    credits_after: Decimal = _ZERO     # C(> t_K)
-    overage_before: Decimal = _ZERO    # O(<= t_K)
-    overage_after: Decimal = _ZERO     # O(> t_K)
+    credits_spent: Decimal = _ZERO     # C: credits charged by `credits` actions, ever
+    overage_total: Decimal = _ZERO     # O: credits charged by `overage` actions, ever
     purchased: Decimal = _ZERO         # SUM(applied purchase credits)
+    overage_settled: Decimal = _ZERO   # S: SUM(overage_settled of applied purchases)
     purchase_count: int = 0
-    last_applied_at: dt.datetime | None = None
 
     @property
     def has_any(self) -> bool:
@@ -97,16 +96,9 @@ class OrgFacts:
             out[f"used_{t}"] = self.used[t]
         for t in TIERS:
             out[f"overage_{t}"] = self.overage[t]
-        credits_total = self.credits_before + self.credits_after
-        overage_total = self.overage_before + self.overage_after
-        if self.last_applied_at is None:
-            owed = overage_total
-        else:
-            ledger_at_last_topup = self.credits_before + self.overage_before - self.purchased
-            owed = max(_ZERO, ledger_at_last_topup) + self.overage_after
         out["topup_purchased"] = self.purchased
-        out["topup_used"] = credits_total + overage_total - owed
-        out["overage_credits_owed"] = owed
+        out["topup_used"] = self.credits_spent + self.overage_settled
+        out["overage_credits_owed"] = self.overage_total - self.overage_settled
         return out
 
 
@@ -162,14 +154,6 @@ def _dec(value: Any) -> Decimal:
     return Decimal(value).quantize(Decimal("0.01"))
 
 
-def _aware(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # SQLite
-        value = dt.datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 # --- the aggregates ----------------------------------------------------------------------------
 
 _BA = BillableAction._meta.db_table
@@ -180,29 +164,24 @@ _CP = CreditPurchase._meta.db_table
 def _facts_sql(n: int) -> tuple[str, str]:
     marks = ", ".join(["%s"] * n)
     purchases = (
-        f"SELECT organization_id, SUM(credits), COUNT(*), MAX(credits_applied_at) FROM {_CP} "
+        f"SELECT organization_id, SUM(credits), SUM(overage_settled), COUNT(*) FROM {_CP} "
         f"WHERE credits_applied_at IS NOT NULL AND organization_id IN ({marks}) GROUP BY organization_id"
     )
-    # One pass over the chunk's actions: grouped by tier, paid_from, "in the cached period" and
-    # "after the last applied top-up". The derived table is the per-org t_K.
+    # One pass over the chunk's actions: grouped by tier, paid_from and "in the cached period".
     actions = (
         f"SELECT ba.organization_id, ba.tier, ba.paid_from,"
         f" CASE WHEN ba.period_start = cb.period_start THEN 1 ELSE 0 END AS cur,"
-        f" CASE WHEN lt.last_at IS NOT NULL AND ba.created_at > lt.last_at THEN 1 ELSE 0 END AS after_last,"
         f" COUNT(*), SUM(ba.credits_charged)"
         f" FROM {_BA} ba"
         f" LEFT JOIN {_CB} cb ON cb.organization_id = ba.organization_id"
-        f" LEFT JOIN (SELECT organization_id, MAX(credits_applied_at) AS last_at FROM {_CP}"
-        f"   WHERE credits_applied_at IS NOT NULL AND organization_id IN ({marks})"
-        f"   GROUP BY organization_id) lt ON lt.organization_id = ba.organization_id"
         f" WHERE ba.organization_id IN ({marks})"
-        f" GROUP BY ba.organization_id, ba.tier, ba.paid_from, cur, after_last"
+        f" GROUP BY ba.organization_id, ba.tier, ba.paid_from, cur"
     )
     return purchases, actions
 
 
 def org_facts(organization_ids: list[uuid.UUID]) -> dict[uuid.UUID, OrgFacts]:
-    """Aggregate the facts of these orgs (three small result sets, whatever the number of rows)."""
+    """Aggregate the facts of these orgs (two small result sets, whatever the number of rows)."""
     facts = {org_id: OrgFacts() for org_id in organization_ids}
     if not organization_ids:
         return facts
@@ -210,11 +189,11 @@ def org_facts(organization_ids: list[uuid.UUID]) -> dict[uuid.UUID, OrgFacts]:
     purchases_sql, actions_sql = _facts_sql(len(hexes))
     with connection.cursor() as cursor:
         cursor.execute(purchases_sql, hexes)
-        for org_hex, total, count, last_at in cursor.fetchall():
+        for org_hex, total, settled, count in cursor.fetchall():
             f = facts[uuid.UUID(org_hex)]
-            f.purchased, f.purchase_count, f.last_applied_at = _dec(total), int(count), _aware(last_at)
-        cursor.execute(actions_sql, hexes + hexes)
-        for org_hex, tier, paid_from, cur, after_last, count, total in cursor.fetchall():
+            f.purchased, f.overage_settled, f.purchase_count = _dec(total), _dec(settled), int(count)
+        cursor.execute(actions_sql, hexes)
+        for org_hex, tier, paid_from, cur, count, total in cursor.fetchall():
             f = facts[uuid.UUID(org_hex)]
             count, total = int(count), _dec(total)
             f.action_count += count
@@ -224,15 +203,9 @@ def org_facts(organization_ids: list[uuid.UUID]) -> dict[uuid.UUID, OrgFacts]:
             elif paid_from == "overage":
                 if cur:
                     f.overage[tier] += count
-                if after_last:
-                    f.overage_after += total
-                else:
-                    f.overage_before += total
+                f.overage_total += total
             elif paid_from == "credits":
-                if after_last:
-                    f.credits_after += total
-                else:
-                    f.credits_before += total
+                f.credits_spent += total
     return facts
 
 

@@ -15,6 +15,8 @@ auto top-up row is open (pending / started / requires_action) and NULL otherwise
 """
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -90,6 +92,14 @@ class CreditPurchase(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     # When this row's credits were added to the balance. Set exactly once, only with status succeeded.
     credits_applied_at = models.DateTimeField(null=True, blank=True)
+    # Credits (exact, 2 places) of this row that went straight to owed overage when they were applied
+    # (balance_add_topup_credits' settled_overage, taken from the whole top-up remainder, so it may
+    # exceed this row's own credits when earlier credits were left over), written once in that same
+    # transaction under the balance lock. >= 0; 0 while not applied. Reconcile rebuilds
+    # topup_used / overage_credits_owed from it: the settlement depends on the order in which the
+    # balance lock saw actions and top-ups, which no timestamp records (every writer takes `now`
+    # before waiting for the lock).
+    overage_settled = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0.00"))
     # Set by the sweeper when a row has been stuck after the Stripe call for too long (ops must look).
     flagged_at = models.DateTimeField(null=True, blank=True)
 
@@ -109,6 +119,9 @@ class CreditPurchase(models.Model):
             models.CheckConstraint(condition=Q(kind="grant") | Q(packs__gte=1), name="purchase_packs_positive"),
             models.CheckConstraint(condition=~Q(kind="grant") | (Q(method="none") & ~Q(reason="")),
                                    name="purchase_grant_has_reason"),
+            models.CheckConstraint(condition=Q(overage_settled__gte=0), name="purchase_overage_settled_gte_0"),
+            models.CheckConstraint(condition=Q(credits_applied_at__isnull=False) | Q(overage_settled=0),
+                                   name="purchase_overage_settled_only_when_applied"),
             # Credits are applied only to a succeeded row.
             models.CheckConstraint(condition=Q(credits_applied_at__isnull=True) | Q(status="succeeded"),
                                    name="purchase_credits_only_when_succeeded"),

@@ -47,8 +47,11 @@ def credit_grant_create(*, organization_id: Any, credits: Decimal, reason: str, 
             created_at=now, completed_at=now, credits_applied_at=now,
         )
         purchase.full_clean()
-        purchase.save(force_insert=True)
+        # Balance first (its lock, then the purchase row: the top-ups' lock order); the row records
+        # how much of the grant settled owed overage (reconcile rebuilds the balance from it).
         result = balance_add_topup_credits(organization_id=organization_id, amount=amount, now=now)
+        purchase.overage_settled = result.settled_overage
+        purchase.save(force_insert=True)
     log_money("credits.granted", org=organization_id, purchase=purchase.pk, credits=amount,
               settled_overage=result.settled_overage, topup_remaining=result.balance.topup_remaining,
               by=getattr(granted_by, "email", None) or getattr(granted_by, "username", None), reason=reason)

@@ -157,6 +157,8 @@ def _purchase_succeed(*, purchase_id: int, now: dt.datetime, payment_intent_id: 
             # Stripe says the money was taken: Stripe wins, the customer gets the credits.
             logger.warning("top-up %s succeeded at Stripe after being recorded %s", purchase_id, previous)
         result = balance_add_topup_credits(organization_id=org_id, amount=credits_amount, now=now)
+        # The settlement is a fact of this application (reconcile rebuilds the balance from it).
+        CreditPurchase.objects.filter(pk=purchase_id).update(overage_settled=result.settled_overage)
         notify_org_admins(organization_id=org_id, kind="topup_done", context={
             "purchase_id": purchase_id, "kind": kind, "auto": kind == PurchaseKind.AUTO_TOPUP, "packs": packs,
             "credits": str(credits_amount), "amount_cents": amount_cents})

@@ -208,3 +208,69 @@ def test_rollup_drift_is_found_and_rebuilt_from_the_facts(busy_org, quiet_org, d
     assert code == 0, out
     assert snapshot() == good
     assert run_reconcile()[0] == 0
+
+
+# --- top-ups racing actions: the engine's order is the balance lock's, not the `now`s' -----------
+# Every writer takes its `now` before it waits for the org's balance lock (the auto top-up task even
+# takes it before its Stripe call, seconds before it credits), so an action committed before a top-up
+# can carry a later timestamp than the top-up's credits_applied_at, and one committed after it an
+# earlier one. The services are called here in the order the lock would serialize them, each with
+# the `now` it would carry - exactly the interleaving two racing processes produce.
+
+def _exhausted_xl_free_org(now, slug):
+    org = OrganizationFactory(slug=slug)
+    assert _record(org, "xl", now, 2) == ["plan", "overage"]   # owed 15
+    return org
+
+
+def test_overage_committed_before_a_topup_with_an_earlier_now_is_not_drift(now):
+    """The auto top-up task took now=T0, called Stripe; meanwhile an overage action (now=T1 > T0)
+    committed; then the payment's credits landed (credits_applied_at=T0) and settled it."""
+    staff = UserFactory(username="ops-race1@example.test", is_staff=True)
+    org = OrganizationFactory(slug="race-before")
+    t0 = now + dt.timedelta(minutes=1)
+    t1 = t0 + dt.timedelta(seconds=2)
+    assert _record(org, "xl", now) == ["plan"]
+    assert _record(org, "xl", t1) == ["overage"]              # owed 15, committed first
+    credit_grant_create(organization_id=org.pk, credits=Decimal("500.00"), reason="race", granted_by=staff, now=t0)
+    balance = CreditBalance.objects.get(organization=org)
+    assert (balance.topup_purchased, balance.topup_used, balance.overage_credits_owed) == (
+        Decimal("500.00"), Decimal("15.00"), Decimal("0.00"))
+    assert reconcile_orgs(now=t1).drifts == []
+    reconcile_orgs(now=t1, fix=True)  # and --fix must not re-create the settled debt
+    balance.refresh_from_db()
+    assert (balance.topup_used, balance.overage_credits_owed) == (Decimal("15.00"), Decimal("0.00"))
+
+
+def test_overage_committed_after_a_topup_with_an_earlier_now_is_not_drift(now):
+    """A grant (now=T2) settles 15 owed and leaves 2 credits; an action that took now=T1 < T2 but
+    got the lock after it runs into overage (5 owed, not settled by that grant)."""
+    staff = UserFactory(username="ops-race2@example.test", is_staff=True)
+    org = _exhausted_xl_free_org(now, "race-after")
+    assert _record(org, "large", now, 2) == ["plan", "plan"]
+    t1 = now + dt.timedelta(minutes=1)
+    t2 = t1 + dt.timedelta(milliseconds=5)
+    credit_grant_create(organization_id=org.pk, credits=Decimal("17.00"), reason="race", granted_by=staff, now=t2)
+    assert _record(org, "large", t1) == ["overage"]            # 2 credits left < 5
+    balance = CreditBalance.objects.get(organization=org)
+    assert (balance.topup_purchased, balance.topup_used, balance.overage_credits_owed) == (
+        Decimal("17.00"), Decimal("15.00"), Decimal("5.00"))
+    assert reconcile_orgs(now=t2).drifts == []
+
+
+def test_backfill_of_overage_settled_replays_the_old_timestamp_order(busy_org, now):
+    """usage.0005 recomputes overage_settled for rows applied before the column existed."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("usage.migrations.0005_backfill_purchase_overage_settled")
+    grant = CreditPurchase.objects.get(organization=busy_org, kind="grant")
+    assert grant.overage_settled == Decimal("16.00")   # the grant paid the 1 + 15 owed
+    CreditPurchase.objects.filter(pk=grant.pk).update(overage_settled=Decimal("0.00"))
+    assert {d.field for d in reconcile_orgs(now=now).drifts} == {"topup_used", "overage_credits_owed"}
+    migration.backfill(apps, None)
+    grant.refresh_from_db()
+    assert grant.overage_settled == Decimal("16.00")
+    assert reconcile_orgs(now=now).drifts == []
+
