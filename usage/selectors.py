@@ -147,7 +147,7 @@ def actions_filtered(*, organization_id, filters: ActionFilters) -> QuerySet[Bil
         qs = qs.filter(agent_id=filters.agent_id)
     if filters.date_from:
         qs = qs.filter(created_at__gte=_midnight(filters.date_from))
-    if filters.date_to:
+    if filters.date_to and filters.date_to < dt.date.max:  # the last day there is = no upper bound
         qs = qs.filter(created_at__lt=_midnight(filters.date_to + dt.timedelta(days=1)))
     return qs
 

@@ -169,3 +169,55 @@ def test_other_orgs_usage_is_404(member_client):
     other = OrganizationFactory()
     assert client.get(f"/usage?org={other.slug}").status_code == 404
     assert client.get(f"/usage/export.csv?org={other.slug}").status_code == 404
+
+
+@pytest.mark.parametrize("query", [
+    "date_from=abc&date_to=zzz", "tier=huge", "tier=", "agent=" + "a" * 300, "agent=%00", "date_from=2026-02-30",
+    "after=99999999999999999999999-1", "after=1-99999999999999999999999", "after=-1-1", "before=abc",
+    "after=253402300800000000-1", "page=999999999", "date_from=0001-01-01", "date_to=9999-12-31",
+    "date_from=9999-12-31&date_to=9999-12-31", "date_from=0001-01-01&date_to=0001-01-01",
+])
+def test_bad_or_extreme_query_params_never_500(member_client, query):
+    now = timezone.now()
+    org = _org_with_actions(3, now)
+    client = member_client(org)
+    page = client.get(f"/usage?org={org.slug}&{query}")
+    assert page.status_code == 200, query
+    export = client.get(f"/usage/export.csv?org={org.slug}&{query}")
+    assert export.status_code == 200, query
+    rows = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert rows[0][0] == "id"  # the header is always there, also for 0 rows
+
+
+def test_open_ended_date_to_shows_and_exports_every_action(member_client):
+    """The last day the date picker allows (9999-12-31) means "no upper bound": its midnight + 1 day
+    overflowed a datetime (a 500 on the page, a CSV cut after its header)."""
+    now = timezone.now()
+    org = _org_with_actions(3, now)
+    client = member_client(org)
+    html = client.get(f"/usage?org={org.slug}&date_to=9999-12-31").content.decode()
+    assert html.count("<tr data-action=") == 3
+    export = client.get(f"/usage/export.csv?org={org.slug}&date_from=2000-01-01&date_to=9999-12-31")
+    rows = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert len(rows) == 1 + 3
+
+
+def test_csv_export_of_zero_rows_is_just_the_header(member_client):
+    org = OrganizationFactory()
+    client = member_client(org)
+    export = client.get(f"/usage/export.csv?org={org.slug}")
+    assert export.status_code == 200
+    assert b"".join(export.streaming_content).decode().splitlines() == [",".join([
+        "id", "created_at_utc", "user_id", "agent_id", "agent_name", "tier", "paid_from", "credits_charged",
+        "action_key", "description"])]
+
+
+def test_history_page_query_count_does_not_grow_with_rows(member_client, django_assert_max_num_queries):
+    now = timezone.now()
+    org = _org_with_actions(40, now)
+    client = member_client(org)
+    with django_assert_max_num_queries(14):
+        assert client.get(f"/usage?org={org.slug}").status_code == 200
+    with django_assert_max_num_queries(5):
+        resp = client.get(f"/usage/export.csv?org={org.slug}")
+        assert len(b"".join(resp.streaming_content).splitlines()) == 41
