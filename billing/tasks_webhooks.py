@@ -58,4 +58,5 @@ def dunning_enforce_task() -> dict:
 
     result = dunning_enforce(now=timezone.now())
     return {"reminded": result.reminded, "canceled": result.canceled, "trials_resolved": result.trials_resolved,
+            "recovered": result.recovered,
             "errors": result.errors}

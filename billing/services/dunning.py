@@ -127,6 +127,7 @@ class DunningResult:
     reminded: list[str] = field(default_factory=list)        # stripe subscription ids
     canceled: list[str] = field(default_factory=list)
     trials_resolved: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)      # paid at Stripe, webhook missed: not cancelled
     errors: list[str] = field(default_factory=list)
 
 
@@ -169,6 +170,23 @@ def _cancel_and_sync(*, sub: Subscription, idempotency_key: str, now: dt.datetim
     return subscription_sync(stripe_subscription=obj, now=now)
 
 
+def _paid_up_at_stripe(*, sub: Subscription, now: dt.datetime) -> Subscription | None:
+    """Before cancelling at the end of the grace period, ask Stripe (no transaction open): if the
+    subscription is active again, the invoice got paid and its webhook has not reached us (lost, or
+    FAILED awaiting reprocessing). Apply Stripe's state (clears the grace) and return the row;
+    None = still unpaid, go on with the cancel."""
+    from .. import stripe_gateway  # noqa: PLC0415
+
+    _no_transaction()
+    obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+    if obj.get("status") not in (StripeSubscriptionStatus.ACTIVE, StripeSubscriptionStatus.TRIALING):
+        return None
+    synced = subscription_sync(stripe_subscription=obj, now=now)
+    log_money("dunning.recovered", org=sub.organization_id, subscription=sub.stripe_subscription_id,
+              status=synced.status)
+    return synced
+
+
 def dunning_enforce(*, now: dt.datetime) -> DunningResult:
     """The periodic dunning pass (idempotent). Must not run inside a transaction (calls Stripe)."""
     result = DunningResult()
@@ -178,6 +196,10 @@ def dunning_enforce(*, now: dt.datetime) -> DunningResult:
                                                grace_period_ends_at__lte=now).order_by("grace_period_ends_at"))
     for sub in expired:
         try:
+            recovered = _paid_up_at_stripe(sub=sub, now=now)
+            if recovered is not None:
+                result.recovered.append(sub.stripe_subscription_id)
+                continue
             synced = _cancel_and_sync(sub=sub, idempotency_key=f"dunning-cancel:{sub.pk}", now=now)
         except Exception as exc:  # noqa: BLE001 - one org's failure must not stop the others; next run retries
             logger.exception("dunning cancel of %s failed", sub.stripe_subscription_id)
