@@ -36,6 +36,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -251,9 +252,11 @@ def reconcile_orgs(*, now: dt.datetime, org_slug: str | None = None, fix: bool =
     report = ReconcileReport()
     for orgs in _org_chunks(org_slug=org_slug, chunk_size=chunk_size):
         ids = [org_id for org_id, _ in orgs]
-        balances = {b.organization_id: b for b in CreditBalance.objects.filter(organization_id__in=ids)}
-        facts = org_facts(ids)
-        rollups = rollup_drifts(ids)
+        drifted: list[tuple[uuid.UUID, str]] = []
+        with _one_snapshot():
+            balances = {b.organization_id: b for b in CreditBalance.objects.filter(organization_id__in=ids)}
+            facts = org_facts(ids)
+            rollups = rollup_drifts(ids)
         for org in orgs:
             drifts = balance_drifts(organization=org, balance=balances.get(org[0]), facts=facts[org[0]])
             drifts += _rollup_drifts(organization=org, buckets=rollups.get(org[0], []))
@@ -261,11 +264,31 @@ def reconcile_orgs(*, now: dt.datetime, org_slug: str | None = None, fix: bool =
             if not drifts:
                 continue
             report.drifts.extend(drifts)
-            if fix:
+            drifted.append(org)
+        if fix:  # outside the snapshot: the rebuild re-reads the latest facts under the balance lock
+            for org in drifted:
                 _fix_one(org=org, now=now, actor=actor, report=report)
         if progress is not None:
             progress(report.checked_orgs)
     return report
+
+
+@contextmanager
+def _one_snapshot() -> Iterator[None]:
+    """A read-only transaction in which the balances, facts and rollups are read as of one instant.
+    Every writer changes the cache and the facts in one transaction, but reconcile reads them with
+    separate statements; under the connection's READ COMMITTED each would see a different moment,
+    and an action committed in between by live traffic would look like drift. InnoDB's REPEATABLE
+    READ takes one read view at the first read and keeps it (no locks taken, writers not blocked).
+    SQLite's deferred read transaction is a snapshot already."""
+    if connection.in_atomic_block:  # a caller's transaction (e.g. a test): its isolation stands
+        yield
+        return
+    with transaction.atomic():
+        if connection.vendor == "mysql":
+            with connection.cursor() as cursor:  # applies to the transaction the next read starts
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
 
 
 def _rollup_drifts(*, organization: tuple[uuid.UUID, str], buckets: list[tuple]) -> list[Drift]:

@@ -274,3 +274,39 @@ def test_backfill_of_overage_settled_replays_the_old_timestamp_order(busy_org, n
     assert grant.overage_settled == Decimal("16.00")
     assert reconcile_orgs(now=now).drifts == []
 
+
+
+@pytest.mark.django_db(transaction=True)
+def test_check_mode_reads_one_snapshot_so_a_concurrent_action_is_not_drift(now):
+    """Read-only reconcile (the daily health mail, `reconcile` exit code) reads the cached balances,
+    then the facts, then the rollups. An action committed by another process between those reads
+    must not look like drift. The other process is a real thread on its own connection, started
+    exactly between the reads (a query hook, Django's execute_wrapper - no mock)."""
+    import threading
+
+    org = OrganizationFactory(slug="live")
+    _record(org, "small", now, 3)
+    fired: list[bool] = []
+
+    def concurrent_action(execute, sql, params, many, context):
+        if not fired and "FROM billable_actions" in sql:
+            fired.append(True)
+
+            def other_process():
+                try:
+                    action_record(organization_id=org.pk, user_id="u2", tier="small", now=now)
+                finally:
+                    connection.close()
+
+            t = threading.Thread(target=other_process)
+            t.start()
+            t.join(timeout=30)
+            assert not t.is_alive()
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(concurrent_action):
+        report = reconcile_orgs(now=now)
+    assert fired, "the hook ran between the reads"
+    assert BillableAction.objects.filter(organization=org).count() == 4  # the action really committed
+    assert report.drifts == []
+    assert reconcile_orgs(now=now).drifts == []
