@@ -147,3 +147,54 @@ def test_invoices_page_empty_and_other_org_404(client, owner):
     html = client.get("/settings/invoices").content.decode()
     assert 'data-testid="invoices-empty"' in html and 'data-testid="events-empty"' in html
     assert client.get(f"/settings/invoices?org={OrganizationFactory().slug}").status_code == 404
+
+
+# --- Error pages: they look like the app (not Django's bare defaults) ----------------------------
+
+def test_404_page_looks_like_the_app(client, owner):
+    from organizations.tests.factories import OrganizationFactory
+
+    for path in ("/no-such-page", f"/settings/billing?org={OrganizationFactory().slug}"):
+        resp = client.get(path)
+        assert resp.status_code == 404, path
+        html = resp.content.decode()
+        assert 'href="/static/css/app.css"' in html and 'class="topbar"' in html, path
+        assert "Page not found" in html and 'href="/settings/billing"' in html, path
+        assert "Not Found</title>" not in html  # Django's bare default
+    client.logout()
+    assert "Page not found" in client.get("/no-such-page").content.decode()
+
+
+def test_403_page_looks_like_the_app(client):
+    m = MembershipFactory(role=Role.MEMBER)
+    client.force_login(m.user)
+    resp = client.post("/settings/api-keys/create", {"name": "x"})
+    assert resp.status_code == 403
+    html = resp.content.decode()
+    assert 'href="/static/css/app.css"' in html and 'class="topbar"' in html
+    assert "Only owners and admins of this organization may do that." in html
+    assert 'href="/settings/billing"' in html
+
+
+def test_500_page_looks_like_the_app_without_touching_the_database(rf, django_assert_num_queries):
+    from django.views.defaults import server_error
+
+    with django_assert_num_queries(0):
+        resp = server_error(rf.get("/settings/billing"))
+    assert resp.status_code == 500
+    html = resp.content.decode()
+    assert 'href="/static/css/app.css"' in html and "Agent Platform" in html
+    assert "Something went wrong" in html and 'href="/settings/billing"' in html
+
+
+def test_csrf_failure_page_looks_like_the_app_and_says_what_to_do():
+    from django.test import Client
+
+    m = MembershipFactory()
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(m.user)
+    resp = client.post("/settings/api-keys/create", {"name": "x"})  # e.g. a form left open past the session
+    assert resp.status_code == 403
+    html = resp.content.decode()
+    assert 'href="/static/css/app.css"' in html and 'class="topbar"' in html
+    assert "reload the page" in html.lower()
