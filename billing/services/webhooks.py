@@ -323,6 +323,11 @@ def _invoice_subscription_id(invoice: dict) -> str | None:
     return stripe_id(sub)
 
 
+#: Order of Stripe's invoice lifecycle (draft -> open -> uncollectible -> paid | void); never backwards.
+_INVOICE_STATUS_RANK = {InvoiceStatus.DRAFT: 0, InvoiceStatus.OPEN: 1, InvoiceStatus.UNCOLLECTIBLE: 2,
+                        InvoiceStatus.PAID: 3, InvoiceStatus.VOID: 3}
+
+
 def invoice_sync(*, stripe_invoice: dict, now: dt.datetime, event_created: int | None = None) -> tuple[Invoice, str | None]:
     """Upsert the cached invoice. Returns (row, previous status or None if new). Older events than
     the newest applied one change nothing. Raises BillingError ORG_NOT_FOUND for an unknown customer."""
@@ -366,13 +371,18 @@ def invoice_sync(*, stripe_invoice: dict, now: dt.datetime, event_created: int |
             logger.info("stale invoice state ignored: %s event created %s < applied %s", inv_id, event_created,
                         row.last_event_created)
             return row, row.status
+        if row is not None and _INVOICE_STATUS_RANK.get(values["status"], 0) < _INVOICE_STATUS_RANK.get(row.status, 0):
+            # Stripe's lifecycle only moves forward (draft -> open -> uncollectible -> paid | void); an
+            # event of the same `created` second saying an earlier status is older news: change nothing.
+            logger.info("invoice %s: %s state of event created %s ignored, row is %s", inv_id, values["status"],
+                        event_created, row.status)
+            return row, row.status
         previous_status = row.status if row is not None else None
         if row is None:
             row = Invoice(stripe_invoice_id=inv_id, created_at=stripe_ts(stripe_invoice.get("created")) or now)
-        if row.status == InvoiceStatus.PAID and values["status"] in (InvoiceStatus.OPEN, InvoiceStatus.DRAFT):
-            # Paid is final in Stripe; a same-second event still saying open is older news.
-            values["status"], values["paid_at"] = row.status, row.paid_at
-            values["amount_paid_cents"] = max(values["amount_paid_cents"], row.amount_paid_cents)
+        for url_field in ("hosted_invoice_url", "invoice_pdf"):
+            if not values[url_field] and getattr(row, url_field):
+                values.pop(url_field)  # a finalized invoice's links never go away
         if values["subscription"] is None and row.subscription_id is not None:
             values.pop("subscription")
         for key, value in values.items():

@@ -60,3 +60,25 @@ def test_trial_will_end_after_the_subscription_ended_sends_no_trial_ending_email
     assert [m.subject for m in mail.outbox if "trial ends" in m.subject.lower()] == []
     org.refresh_from_db()
     assert org.subscription_tier == "free"
+
+
+def test_invoice_created_of_the_same_second_never_turns_a_finalized_invoice_back_to_draft(org, deliver):
+    from billing.models import Invoice
+
+    from .webhook_support import invoice_obj
+
+    t, sub_id, inv_id = int(time.time()) - 60, uid("sub"), uid("in")
+    deliver(sub_event(org, "customer.subscription.created", sub_id=sub_id, created=t - DAY, tier="pro",
+                      period_start=t - DAY))
+    common = dict(inv_id=inv_id, customer=org.stripe_customer_id, sub_id=sub_id, amount_due=9900,
+                  period_start=t, period_end=t + 30 * DAY, created=t)
+    draft = invoice_obj(status="draft", **common)
+    draft.update(hosted_invoice_url=None, invoice_pdf=None)  # Stripe: no hosted page before finalization
+    # An invoice charged at once is created, finalized and fails in one second; the worker runs
+    # invoice.created last.
+    deliver(make_event("invoice.finalized", invoice_obj(status="open", **common), created=t))
+    deliver(make_event("invoice.payment_failed", invoice_obj(status="open", **common), created=t))
+    deliver(make_event("invoice.created", draft, created=t))
+    inv = Invoice.objects.get(stripe_invoice_id=inv_id)
+    assert inv.status == "open"
+    assert inv.hosted_invoice_url.endswith(inv_id) and inv.invoice_pdf.endswith(".pdf")
