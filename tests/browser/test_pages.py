@@ -136,3 +136,37 @@ def test_org_switcher_for_users_with_several_orgs(logged_in_page, owner_membersh
     expect(page.get_by_role("heading", level=1)).to_contain_text("Beta Labs")
     expect(page.get_by_role("navigation", name="Main").get_by_role("link", name="Plans")).to_have_attribute(
         "href", "/billing?org=beta")
+
+
+def test_every_page_with_data_fits_a_phone(logged_in_page, owner_membership, screenshot):
+    """No horizontal scrolling at 375 px on any page, with rows in every table (an invoice with its
+    View/PDF links, a failed purchase, actions, an API key)."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from billing.models import CreditPurchase, Invoice
+    from usage.services import action_record
+
+    org, now = owner_membership.organization, timezone.now()
+    Invoice.objects.create(
+        organization=org, stripe_invoice_id="in_phone_1", amount_due_cents=9900, amount_paid_cents=9900, status="paid",
+        hosted_invoice_url="https://sim.test/i/in_phone_1", invoice_pdf="https://sim.test/i/in_phone_1.pdf",
+        period_start=now - dt.timedelta(days=30), period_end=now, paid_at=now, created_at=now, updated_at=now)
+    CreditPurchase.objects.create(
+        organization=org, kind="auto_topup", method="saved_card", packs=1, credits=Decimal("500.00"),
+        amount_cents=2000, status="failed", failure_code="CARD_DECLINED", failure_message="Your card was declined.",
+        created_at=now, completed_at=now)
+    for tier in ("small", "medium", "large", "xl"):
+        action_record(organization_id=org.pk, user_id="user-with-a-rather-long-id", tier=tier, agent_id="agent-1",
+                      agent_name="Research agent", description="Summarised a long document " * 4, now=now)
+    ApiKey.objects.create(organization=org, name="Orchestrator production", prefix="phonepfx",
+                          secret_hash="0" * 64, created_at=now)
+    page = logged_in_page
+    page.set_viewport_size(PHONE)
+    for path in ("/settings/billing", "/billing", "/usage", "/settings/invoices", "/settings/api-keys"):
+        page.goto(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        screenshot(page, f"phone{path.replace('/', '-')}")
+        assert width <= PHONE["width"], f"{path} scrolls sideways: {width}px"
