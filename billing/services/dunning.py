@@ -106,6 +106,14 @@ def dunning_invoice_paid(*, invoice_id: int, event_created: int, now: dt.datetim
             return False  # too late: already cancelled and downgraded
         if sub.grace_period_ends_at is None and sub.status != StripeSubscriptionStatus.PAST_DUE:
             return False
+        still_open = Invoice.objects.filter(subscription=sub, status=InvoiceStatus.OPEN).exclude(pk=invoice.pk) \
+            .values_list("stripe_invoice_id", flat=True).first()
+        if still_open:
+            # e.g. last month's invoice.paid delivered late, after this month's failure: the failed
+            # invoice is still unpaid, so the grace period goes on.
+            logger.info("payment of %s leaves %s open: grace of %s kept", invoice.stripe_invoice_id, still_open,
+                        sub.stripe_subscription_id)
+            return False
         sub.grace_period_ends_at = None
         sub.grace_ending_notified_at = None
         if sub.status == StripeSubscriptionStatus.PAST_DUE:

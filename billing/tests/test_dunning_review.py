@@ -17,7 +17,7 @@ from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import replay_sim_events
+from .webhook_support import deliver, hooks_stripe_settings, org, replay_sim_events  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -59,3 +59,29 @@ def test_grace_end_does_not_cancel_a_subscription_paid_at_stripe_whose_webhook_w
     org = Organization.objects.get(pk=org.pk)
     assert (sub.status, sub.grace_period_ends_at) == ("active", None)
     assert (org.subscription_tier, org.subscription_status) == ("pro", "active")
+
+
+@pytest.mark.usefixtures("hooks_stripe_settings")
+def test_late_paid_event_of_the_previous_invoice_does_not_clear_the_grace_of_the_failed_one(org, deliver):
+    """invoice.paid of last month's invoice delivered late (Stripe retries deliveries for days)
+    after this month's invoice.payment_failed: the failed invoice is still open, the grace stays."""
+    import time
+
+    from .webhook_support import DAY, invoice_obj, make_event, subscription_obj, uid
+
+    t, sub_id = int(time.time()) - 60, uid("sub")
+    deliver(make_event("customer.subscription.created", subscription_obj(
+        sub_id=sub_id, customer=org.stripe_customer_id, org=org, tier="pro", period_start=t - 30 * DAY,
+        period_end=t), created=t - 30 * DAY))
+    common = dict(customer=org.stripe_customer_id, sub_id=sub_id, amount_due=9900)
+    previous_paid = make_event("invoice.paid", invoice_obj(
+        inv_id=uid("in"), status="paid", amount_paid=9900, period_start=t - 30 * DAY, period_end=t,
+        created=t - 30 * DAY, paid_at=t - 30 * DAY, **common), created=t - 30 * DAY)
+    failed_id = uid("in")
+    deliver(make_event("invoice.payment_failed", invoice_obj(
+        inv_id=failed_id, status="open", period_start=t, period_end=t + 30 * DAY, created=t, **common), created=t))
+    deliver(previous_paid)
+    sub = Subscription.objects.get(stripe_subscription_id=sub_id)
+    org.refresh_from_db()
+    assert sub.status == "past_due" and sub.grace_period_ends_at is not None
+    assert org.subscription_status == "past_due"
