@@ -375,7 +375,11 @@ def subscription_cancel(*, organization, now: dt.datetime, at_period_end: bool =
         return sub
     obj = stripe_gateway.subscription_cancel(
         subscription_id=sub.stripe_subscription_id, at_period_end=at_period_end,
-        idempotency_key=f"cancel:{sub.stripe_subscription_id}:{'period_end' if at_period_end else 'now'}")
+        # Keyed on the row's state like plan changes: a double click / retry replays one request, but a
+        # cancel after the previous one was undone (downgrade, portal) must reach Stripe again, not replay
+        # the first answer from Stripe's 24 h idempotency cache (the org would renew while told it ends).
+        idempotency_key=(f"cancel:{sub.stripe_subscription_id}:{'period_end' if at_period_end else 'now'}:"
+                         f"{int(sub.updated_at.timestamp() * 1_000_000)}"))
     return subscription_sync(stripe_subscription=obj, now=now)
 
 
