@@ -8,7 +8,8 @@ Stripe subscription is cancelled and the org goes to free.
 - `dunning_enforce` (Celery beat, see CELERY_BEAT_SCHEDULE): reminders (`grace_ending`), then for
   each subscription whose grace is over: cancel it in Stripe (outside any transaction, idempotency
   key from the row) and sync the answer (-> free, `downgraded_free` email). Also a safety net for
-  trials that ended without a card while we missed the webhook. Idempotent: a cancelled
+  trials that ended without a card while we missed the webhook, and for paid periods that ended
+  without the renewal reaching us (re-read from Stripe, applied like the webhook). Idempotent: a cancelled
   subscription is no longer live, so a second run finds nothing to do.
 """
 from __future__ import annotations
@@ -36,6 +37,10 @@ logger = logging.getLogger("billing.dunning")
 GRACE_REMINDER_BEFORE = dt.timedelta(days=2)
 #: A trial still "trialing" this long after its end means we missed Stripe's update: re-read it.
 TRIAL_END_SLACK = dt.timedelta(hours=1)
+#: A live paid subscription this long past its period end means the renewal's webhook has not
+#: reached us (endpoint down, Stripe retrying): re-read it, or the org keeps spending last period's
+#: allowance (and may be refused) although it has paid for the new one.
+RENEWAL_SLACK = dt.timedelta(hours=1)
 
 
 def _grace_days() -> int:
@@ -135,6 +140,7 @@ class DunningResult:
     reminded: list[str] = field(default_factory=list)        # stripe subscription ids
     canceled: list[str] = field(default_factory=list)
     trials_resolved: list[str] = field(default_factory=list)
+    renewals_resynced: list[str] = field(default_factory=list)  # period ended, renewal webhook missed
     recovered: list[str] = field(default_factory=list)      # paid at Stripe, webhook missed: not cancelled
     errors: list[str] = field(default_factory=list)
 
@@ -229,7 +235,31 @@ def dunning_enforce(*, now: dt.datetime) -> DunningResult:
             continue
         if synced is not None:
             result.trials_resolved.append(sub.stripe_subscription_id)
+
+    # Safety net: an active paid period that ended without the renewal reaching us. Stripe is the
+    # truth: re-read the subscription (outside any transaction) and apply it like a webhook would.
+    # (past_due has its own path above: the plan keeps working through the grace period.)
+    overdue = list(Subscription.objects.filter(
+        status=StripeSubscriptionStatus.ACTIVE,
+        current_period_end__lte=now - RENEWAL_SLACK).order_by("current_period_end"))
+    for sub in overdue:
+        try:
+            synced = _renewal_resync(sub=sub, now=now)
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("renewal re-sync of %s failed", sub.stripe_subscription_id)
+            result.errors.append(f"{sub.stripe_subscription_id}: {exc}")
+            continue
+        if synced.current_period_end != sub.current_period_end or synced.status != sub.status:
+            result.renewals_resynced.append(sub.stripe_subscription_id)
     return result
+
+
+def _renewal_resync(*, sub: Subscription, now: dt.datetime) -> Subscription:
+    from .. import stripe_gateway  # noqa: PLC0415
+
+    _no_transaction()
+    obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+    return subscription_sync(stripe_subscription=obj, now=now)
 
 
 def _no_transaction() -> None:

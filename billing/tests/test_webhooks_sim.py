@@ -98,3 +98,32 @@ def test_missed_trial_end_is_resolved_by_the_dunning_pass(org, stripe_settings, 
     org.refresh_from_db()
     assert org.subscription_tier == "free"
     assert gw.subscription_retrieve(sub_id)["status"] == "canceled"
+
+
+def test_missed_renewal_is_resynced_by_the_dunning_pass(org, stripe_settings, client):
+    """A paid period ends and the renewal's webhooks never reach us: the dunning pass re-reads the
+    subscription from Stripe, so the org gets its new period (usage reset) instead of spending the
+    old period's allowance."""
+    from billing.services.dunning import dunning_enforce
+
+    sim, seen = stripe_settings.sim, set()
+    sub_id = _subscribe(org, sim, tier="starter")
+    sim.advance_clock(7 * 86400 + 60)  # trial ends with a card: active, first paid period
+    replay_sim_events(client, seen)
+    sub = Subscription.objects.get(stripe_subscription_id=sub_id)
+    assert sub.status == "active"
+    with transaction.atomic():
+        balance_charge(organization_id=org.pk, tier="small", now=timezone.now())
+    paid_period_start = CreditBalance.objects.get(organization_id=org.pk).period_start
+    assert CreditBalance.objects.get(organization_id=org.pk).used_small == 1
+
+    sim.advance_clock(31 * 86400)  # renewal at Stripe; its events are never delivered
+    sim_now = dt.datetime.fromtimestamp(sim.now(), tz=dt.timezone.utc)
+    assert dunning_enforce(now=sim_now - dt.timedelta(days=1, hours=23)).renewals_resynced == []  # not overdue yet
+    result = dunning_enforce(now=sim_now + dt.timedelta(hours=2))
+    assert result.renewals_resynced == [sub_id] and result.errors == []
+    sub.refresh_from_db()
+    balance = CreditBalance.objects.get(organization_id=org.pk)
+    assert balance.period_start > paid_period_start and balance.period_start == sub.current_period_start
+    assert (balance.used_small, balance.plan_tier) == (0, "starter")
+    assert dunning_enforce(now=sim_now + dt.timedelta(hours=3)).renewals_resynced == []  # idempotent
