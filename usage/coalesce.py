@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError
 
 from billing.errors import BillingError
-from billing_project.errors import AppError
+from billing_project.errors import AppError, ServiceUnavailable
 
 from .services import MAX_BATCH_ACTIONS, ActionInput, RecordResult, action_record, actions_record_batch
 
@@ -67,7 +67,6 @@ def action_record_coalesced(*, org_hex: str, action: ActionInput, now: dt.dateti
         _lead(org_hex, me)
     if me.error is not None:
         raise me.error
-    assert me.result is not None
     return me.result
 
 
@@ -93,6 +92,11 @@ def _lead(org_hex: str, me: _Waiter) -> None:
             else:
                 _leading.discard(org_hex)
         for w in batch:
+            if w.result is None and w.error is None:
+                # The leader died mid-round (e.g. a non-Exception such as a worker timeout): the
+                # outcome is unknown, so the caller retries with its idempotency key.
+                w.error = ServiceUnavailable("recording was interrupted; retry with the same idempotencyKey",
+                                             code="RECORDING_INTERRUPTED")
             if w is not me:
                 w.done.set()
 

@@ -63,3 +63,28 @@ def test_other_failures_reach_every_caller_and_nothing_is_rerun(monkeypatch):
     coalesce._run(org.pk.hex, batch)
     assert all(isinstance(w.error, OperationalError) and w.result is None for w in batch)
     assert BillableAction.objects.filter(organization_id=org.pk).count() == 0
+
+
+def test_a_leader_dying_mid_round_leaves_no_waiter_without_an_answer(monkeypatch):
+    """A non-Exception (e.g. a gunicorn worker timeout) escaping the leader's round: every waiter still
+    gets an answer, a retryable 503, instead of hanging or crashing on a missing result."""
+    from billing_project.errors import ServiceUnavailable
+
+    org = OrganizationFactory()
+
+    class WorkerTimeout(BaseException):
+        pass
+
+    def die(org_hex, batch):
+        raise WorkerTimeout()
+
+    # Simulated: a BaseException in the leader thread cannot be raised at that point otherwise.
+    monkeypatch.setattr(coalesce, "_run", die)
+    me, other = _waiters(2)
+    coalesce._queues[org.pk.hex] = [other]
+    coalesce._leading.add(org.pk.hex)
+    with pytest.raises(WorkerTimeout):
+        coalesce._lead(org.pk.hex, me)
+    assert other.done.is_set() and other.result is None
+    assert isinstance(other.error, ServiceUnavailable) and other.error.code == "RECORDING_INTERRUPTED"
+    assert org.pk.hex not in coalesce._leading and org.pk.hex not in coalesce._queues
