@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.urls import Resolver404, resolve
 
+from billing_project.errors import AppError
 from organizations.models import Membership, Organization, PlanTier, SubscriptionStatus
 
 from .plans import (
@@ -30,6 +31,13 @@ from .plans import (
     TRIAL_DAYS,
     Plan,
     format_cents,
+)
+from .services.topups import (
+    AUTO_TOPUP_CAP_MAX,
+    AUTO_TOPUP_PACKS_MAX,
+    AUTO_TOPUP_PACKS_MIN,
+    AUTO_TOPUP_THRESHOLD_MAX,
+    AUTO_TOPUP_THRESHOLD_MIN,
 )
 
 logger = logging.getLogger("billing.pages")
@@ -132,12 +140,45 @@ class Banner:
 @dataclass
 class AutoTopup:
     enabled: bool
-    threshold: Decimal
-    packs: int
-    monthly_cap_packs: int
+    threshold: Decimal | str        # str: what the admin typed, shown again after a refused submission
+    packs: int | str
+    monthly_cap_packs: int | str
     available: bool                 # the settings endpoint exists
     pack_credits: Decimal = TOPUP_PACK_CREDITS
     pack_price: str = field(default_factory=lambda: format_cents(TOPUP_PACK_PRICE_CENTS))
+    # The service's bounds, so the browser refuses what the server would (billing.services.topups).
+    threshold_min: Decimal = AUTO_TOPUP_THRESHOLD_MIN
+    threshold_max: Decimal = AUTO_TOPUP_THRESHOLD_MAX
+    packs_min: int = AUTO_TOPUP_PACKS_MIN
+    packs_max: int = AUTO_TOPUP_PACKS_MAX
+    cap_max: int = AUTO_TOPUP_CAP_MAX
+    error: str = ""                 # why the last submission was refused (a sentence)
+    error_field: str = ""           # enabled | threshold | packs | cap | "" (the whole form)
+
+
+#: BillingError code of a refused auto top-up submission -> the form field it is about.
+AUTO_TOPUP_ERROR_FIELDS = {"INVALID_AUTO_TOPUP_THRESHOLD": "threshold", "INVALID_AUTO_TOPUP_PACKS": "packs",
+                           "INVALID_AUTO_TOPUP_CAP": "cap", "NO_PAYMENT_METHOD": "enabled"}
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")) if text else text
+
+
+def auto_topup_resubmitted(state: AutoTopup, *, data: dict[str, Any], error: AppError) -> AutoTopup:
+    """The form as the admin submitted it, with the refusal next to the field it is about."""
+    def typed(name: str, *aliases: str) -> str:
+        for key in (name, *aliases):
+            if isinstance(data.get(key), str):
+                return data[key]
+        return ""
+
+    return replace(
+        state, enabled=typed("enabled").strip().lower() in {"1", "true", "on", "yes"},
+        threshold=typed("threshold"), packs=typed("packs"),
+        monthly_cap_packs=typed("monthly_cap_packs", "monthlyCapPacks"),
+        error=_sentence(error.message), error_field=AUTO_TOPUP_ERROR_FIELDS.get(error.code, ""))
 
 
 def _balance_summary(*, organization: Organization, now: datetime) -> dict | None:
@@ -294,7 +335,9 @@ def auto_topup_state(*, summary: dict | None) -> AutoTopup:
     )
 
 
-def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any]:
+def dashboard_context(*, membership: Membership, now: datetime, auto_topup_submitted: dict[str, Any] | None = None,
+                      auto_topup_error: AppError | None = None) -> dict[str, Any]:
+    """`auto_topup_submitted` + `auto_topup_error`: the refused auto top-up form, shown again as typed."""
     org = membership.organization
     summary = _balance_summary(organization=org, now=now)
     card = plan_card(organization=org, summary=summary, now=now)
@@ -313,7 +356,9 @@ def dashboard_context(*, membership: Membership, now: datetime) -> dict[str, Any
         if summary else None,
         "balance_available": summary is not None,
         "usage_warnings": _warnings(summary),
-        "auto_topup": auto_topup_state(summary=summary),
+        "auto_topup": auto_topup_resubmitted(auto_topup_state(summary=summary), data=auto_topup_submitted or {},
+                                             error=auto_topup_error)
+        if auto_topup_error is not None else auto_topup_state(summary=summary),
         "portal_url": PORTAL_URL if endpoint_available(PORTAL_URL) else None,
         "keep_plan_url": KEEP_PLAN_URL,
         "topup_url": TOPUP_URL if endpoint_available(TOPUP_URL) else None,

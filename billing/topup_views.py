@@ -9,6 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -16,6 +17,7 @@ from billing_project.api import json_api, parse_json_body
 from billing_project.errors import AppError
 from organizations.access import org_view
 
+from .page_context import dashboard_context
 from .services import topups
 
 _TRUE = {"1", "true", "on", "yes"}
@@ -107,10 +109,14 @@ def _topup_form(request: HttpRequest, membership) -> HttpResponse:
 def credits_auto_topup(request: HttpRequest, membership) -> HttpResponse:
     """POST /api/billing/credits/auto-topup {orgId, enabled, threshold, packs, monthlyCapPacks}."""
     if not _is_json(request):
+        data = _body(request)
         try:
-            _auto_topup(request, membership, _body(request), form=True)
+            _auto_topup(request, membership, data, form=True)
         except AppError as exc:
-            return _form_error(request, exc)
+            # Rendered, not redirected: the form comes back as typed, the refusal next to its field.
+            context = dashboard_context(membership=membership, now=timezone.now(), auto_topup_submitted=data,
+                                        auto_topup_error=exc)
+            return render(request, "billing/dashboard.html", context, status=exc.http_status)
         messages.success(request, "Auto top-up settings saved.")
         return HttpResponseRedirect(_dashboard(request))
     return _auto_topup_json(request, membership)

@@ -198,3 +198,45 @@ def test_csrf_failure_page_looks_like_the_app_and_says_what_to_do():
     html = resp.content.decode()
     assert 'href="/static/css/app.css"' in html and 'class="topbar"' in html
     assert "reload the page" in html.lower()
+
+
+# --- Auto top-up form: a refused submission keeps what the admin typed and says why ------------
+
+def _autotopup_form(html: str) -> str:
+    start = html.index('class="autotopup-form"')
+    return html[start:html.index("</form>", start)]
+
+
+def test_auto_topup_form_error_keeps_the_input_and_points_at_the_field(client, owner):
+    from billing.models import AutoTopupSettingsChange
+
+    org = owner.organization
+    org.stripe_customer_id = "cus_not_called"
+    org.save()
+    resp = client.post("/api/billing/credits/auto-topup", {
+        "org": org.slug, "enabled": "true", "threshold": "75", "packs": "5", "monthly_cap_packs": "3"})
+    assert resp.status_code == 400
+    form = _autotopup_form(resp.content.decode())
+    assert 'id="autotopup-enabled" name="enabled" value="true" checked' in form
+    assert 'name="threshold"' in form and 'value="75"' in form
+    assert 'name="packs"' in form and 'value="5"' in form
+    cap = form[form.index('id="autotopup-cap"'):]
+    cap = cap[:cap.index(">")]
+    assert 'value="3"' in cap and 'aria-invalid="true"' in cap and 'aria-describedby="autotopup-cap-error"' in cap
+    assert 'id="autotopup-cap-error"' in form
+    assert "The monthly cap must be at least the packs per top-up." in form
+    assert not AutoTopupSettingsChange.objects.filter(organization=org).exists()
+
+
+def test_auto_topup_form_without_a_card_says_so_at_the_checkbox(client, owner):
+    resp = client.post("/api/billing/credits/auto-topup", {
+        "org": owner.organization.slug, "enabled": "true", "threshold": "30", "packs": "2", "monthly_cap_packs": "4"})
+    assert resp.status_code == 409
+    form = _autotopup_form(resp.content.decode())
+    assert 'id="autotopup-enabled-error"' in form and "Add a card first" in form
+    assert 'value="30"' in form and 'value="2"' in form and 'value="4"' in form
+
+
+def test_auto_topup_threshold_input_has_the_servers_bounds(client, owner):
+    form = _autotopup_form(client.get("/settings/billing").content.decode())
+    assert 'min="10"' in form and 'max="500"' in form

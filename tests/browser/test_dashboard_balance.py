@@ -90,3 +90,29 @@ def test_owner_toggles_auto_topup_and_member_gets_403(page, login, live_server, 
     assert resp.status == 403
     balance.refresh_from_db()
     assert balance.auto_topup_enabled is True
+
+
+def test_refused_auto_topup_settings_keep_what_was_typed(page, login, owner_membership, screenshot):
+    _require("/api/billing/credits/auto-topup")
+    org = owner_membership.organization
+    org.stripe_customer_id = "cus_dash_test"  # no charge: the settings are refused before anything is saved
+    org.save(update_fields=["stripe_customer_id"])
+    login(owner_membership)
+    card = page.get_by_test_id("auto-topup")
+    card.get_by_label("Automatically buy credits").check()
+    card.get_by_label("Threshold (credits)").fill("75")
+    card.get_by_label("Packs per top-up").fill("5")
+    card.get_by_label("Monthly cap (packs)").fill("3")
+    card.get_by_role("button", name="Save auto top-up").click()
+    cap = card.get_by_label("Monthly cap (packs)")
+    expect(cap).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#autotopup-cap-error")).to_have_text("The monthly cap must be at least the packs per top-up.")
+    expect(cap).to_have_value("3")
+    expect(card.get_by_label("Packs per top-up")).to_have_value("5")
+    expect(card.get_by_label("Threshold (credits)")).to_have_value("75")
+    expect(card.get_by_label("Automatically buy credits")).to_be_checked()
+    screenshot(page, "dashboard-auto-topup-refused")
+    from billing.models import AutoTopupSettingsChange, CreditBalance
+
+    assert not CreditBalance.objects.filter(organization=org, auto_topup_enabled=True).exists()
+    assert not AutoTopupSettingsChange.objects.filter(organization=org).exists()
