@@ -240,3 +240,33 @@ def test_auto_topup_form_without_a_card_says_so_at_the_checkbox(client, owner):
 def test_auto_topup_threshold_input_has_the_servers_bounds(client, owner):
     form = _autotopup_form(client.get("/settings/billing").content.decode())
     assert 'min="10"' in form and 'max="500"' in form
+
+
+def test_page_query_counts_do_not_grow_with_rows(client, owner, django_assert_max_num_queries):
+    """Pinned with several rows per table (N+1 would scale with them): keys with their creators,
+    invoices, purchases, subscriptions, settings changes; a user in two orgs (switcher shown)."""
+    from decimal import Decimal
+
+    from billing.models import AutoTopupSettingsChange, CreditPurchase, Invoice
+    from organizations.models import ApiKey
+    from organizations.tests.factories import UserFactory
+
+    now = timezone.now()
+    org = owner.organization
+    MembershipFactory(user=owner.user, role=Role.ADMIN)  # a second org: the switcher lists both
+    sub = _sub(org, status="active", now=now)
+    for i in range(6):
+        ApiKey.objects.create(organization=org, name=f"k{i}", prefix=f"qcount{i:02d}", secret_hash=f"{i}" * 64,
+                              created_by=UserFactory(), created_at=now)
+        Invoice.objects.create(organization=org, subscription=sub, stripe_invoice_id=f"in_q{i}", amount_due_cents=9900,
+                               amount_paid_cents=9900, status="paid", paid_at=now, created_at=now, updated_at=now)
+        CreditPurchase.objects.create(organization=org, kind="manual", method="checkout", packs=1,
+                                      credits=Decimal("500.00"), amount_cents=2000, status="succeeded",
+                                      created_at=now, completed_at=now)
+        AutoTopupSettingsChange.objects.create(organization=org, enabled=True, threshold=Decimal("50.00"), packs=1,
+                                               monthly_cap_packs=10, reason="admin", created_at=now)
+    for path, most in (("/settings/billing", 8), ("/billing", 6), ("/settings/invoices", 9),
+                       ("/settings/api-keys", 6)):
+        with django_assert_max_num_queries(most):
+            resp = client.get(f"{path}?org={org.slug}")
+        assert resp.status_code == 200, path
