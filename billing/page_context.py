@@ -345,6 +345,7 @@ def dashboard_context(*, membership: Membership, now: datetime, auto_topup_submi
     return {
         "org": org,
         "membership": membership,
+        "page_path": "/settings/billing",  # also when rendered as the answer to the auto top-up form's POST
         "can_manage": membership.is_admin,
         "card": card,
         "banners": banners(card),

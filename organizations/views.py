@@ -27,7 +27,7 @@ def _api_keys_page(request: HttpRequest, membership, *, form=None, issued=None, 
     resp = render(request, "organizations/api_keys.html", {
         "org": membership.organization, "membership": membership, "can_manage": membership.is_admin,
         "keys": api_keys_for_org(organization=membership.organization),
-        "form": form or ApiKeyCreateForm(), "issued": issued,
+        "form": form or ApiKeyCreateForm(), "issued": issued, "page_path": "/settings/api-keys",
     }, status=status)
     if issued is not None:
         resp["Cache-Control"] = "no-store"  # the secret is on this page; never cache it

@@ -22,6 +22,9 @@ NAV_ITEMS = (
 def main_nav(context) -> dict:
     request = context["request"]
     current = getattr(request, "membership", None)
+    # The page this is (for the switcher's GET form and the current nav item): a page rendered as the
+    # answer to a POST (a created API key, a refused form) names its GET page in `page_path`.
+    page_path = context.get("page_path") or (request.path if request.method in ("GET", "HEAD") else "/settings/billing")
     memberships = list(memberships_for_user(user=request.user)) if request.user.is_authenticated else []
     org_qs = f"?org={current.organization.slug}" if current is not None and len(memberships) > 1 else ""
     items = []
@@ -30,11 +33,11 @@ def main_nav(context) -> dict:
             url = reverse(name)
         except NoReverseMatch:
             continue
-        items.append({"label": label, "url": url + org_qs, "active": request.path == url})
+        items.append({"label": label, "url": url + org_qs, "active": page_path == url})
     return {
         "items": items,
         "memberships": memberships if len(memberships) > 1 else [],
         "current": current,
-        "path": request.path,
+        "path": page_path,
         "request": request,
     }

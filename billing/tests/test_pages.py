@@ -270,3 +270,26 @@ def test_page_query_counts_do_not_grow_with_rows(client, owner, django_assert_ma
         with django_assert_max_num_queries(most):
             resp = client.get(f"{path}?org={org.slug}")
         assert resp.status_code == 200, path
+
+
+def test_org_switcher_on_a_page_answering_a_post_targets_the_get_page(client, owner):
+    """After creating an API key or a refused auto top-up form, the page is the answer to a POST; the
+    switcher (a GET form) must not send the user to that POST-only URL (405)."""
+    import re
+
+    MembershipFactory(user=owner.user, role=Role.ADMIN)  # two orgs: the switcher is shown
+    slug = owner.organization.slug
+
+    def switcher_action(html: str) -> str:
+        return re.search(r'<form method="get" action="([^"]*)" class="org-switcher">', html).group(1)
+
+    created = client.post("/settings/api-keys/create", {"org": slug, "name": "ci"})
+    assert created.status_code == 200
+    assert switcher_action(created.content.decode()) == "/settings/api-keys"
+    assert 'href="/settings/api-keys?org=' in created.content.decode() and 'aria-current="page"' in created.content.decode()
+    refused = client.post("/api/billing/credits/auto-topup", {
+        "org": slug, "enabled": "true", "threshold": "30", "packs": "2", "monthly_cap_packs": "1"})
+    assert refused.status_code == 400
+    assert switcher_action(refused.content.decode()) == "/settings/billing"
+    assert client.get(f"/settings/billing?org={slug}").status_code == 200
+    assert switcher_action(client.get("/usage").content.decode()) == "/usage"
