@@ -206,52 +206,52 @@ def dunning_enforce(*, now: dt.datetime) -> DunningResult:
     result = DunningResult()
     _send_grace_reminders(now=now, result=result)
 
-    expired = list(Subscription.objects.filter(status__in=list(LIVE_SUBSCRIPTION_STATUSES),
-                                               grace_period_ends_at__lte=now).order_by("grace_period_ends_at"))
-    for sub in expired:
-        try:
-            recovered = _paid_up_at_stripe(sub=sub, now=now)
-            if recovered is not None:
-                result.recovered.append(sub.stripe_subscription_id)
-                continue
-            synced = _cancel_and_sync(sub=sub, idempotency_key=f"dunning-cancel:{sub.pk}", now=now)
-        except Exception as exc:  # noqa: BLE001 - one org's failure must not stop the others; next run retries
-            logger.exception("dunning cancel of %s failed", sub.stripe_subscription_id)
-            result.errors.append(f"{sub.stripe_subscription_id}: {exc}")
+    def grace_over(sub: Subscription) -> tuple[str, Subscription]:
+        recovered = _paid_up_at_stripe(sub=sub, now=now)
+        if recovered is not None:
+            return "recovered", recovered
+        return "canceled", _cancel_and_sync(sub=sub, idempotency_key=f"dunning-cancel:{sub.pk}", now=now)
+
+    expired = Subscription.objects.filter(status__in=list(LIVE_SUBSCRIPTION_STATUSES),
+                                          grace_period_ends_at__lte=now).order_by("grace_period_ends_at")
+    for sub, (outcome, synced) in _each_guarded(expired, grace_over, what="dunning cancel", result=result):
+        if outcome == "recovered":
+            result.recovered.append(sub.stripe_subscription_id)
             continue
         log_money("dunning.canceled", org=sub.organization_id, subscription=sub.stripe_subscription_id,
                   status=synced.status)
         result.canceled.append(sub.stripe_subscription_id)
 
     # Safety net: a trial whose end passed without Stripe telling us the outcome.
-    stuck = list(Subscription.objects.filter(status=StripeSubscriptionStatus.TRIALING,
-                                             trial_end__lte=now - TRIAL_END_SLACK))
-    for sub in stuck:
-        try:
-            synced = _trial_resolve(sub=sub, now=now)
-        except Exception as exc:  # noqa: BLE001
-            logger.exception("trial resolution of %s failed", sub.stripe_subscription_id)
-            result.errors.append(f"{sub.stripe_subscription_id}: {exc}")
-            continue
+    stuck = Subscription.objects.filter(status=StripeSubscriptionStatus.TRIALING, trial_end__lte=now - TRIAL_END_SLACK)
+    for sub, synced in _each_guarded(stuck, lambda s: _trial_resolve(sub=s, now=now), what="trial resolution",
+                                     result=result):
         if synced is not None:
             result.trials_resolved.append(sub.stripe_subscription_id)
 
     # Safety net: an active paid period that ended without the renewal reaching us. Stripe is the
     # truth: re-read the subscription (outside any transaction) and apply it like a webhook would.
     # (past_due has its own path above: the plan keeps working through the grace period.)
-    overdue = list(Subscription.objects.filter(
-        status=StripeSubscriptionStatus.ACTIVE,
-        current_period_end__lte=now - RENEWAL_SLACK).order_by("current_period_end"))
-    for sub in overdue:
-        try:
-            synced = _renewal_resync(sub=sub, now=now)
-        except Exception as exc:  # noqa: BLE001
-            logger.exception("renewal re-sync of %s failed", sub.stripe_subscription_id)
-            result.errors.append(f"{sub.stripe_subscription_id}: {exc}")
-            continue
+    overdue = Subscription.objects.filter(status=StripeSubscriptionStatus.ACTIVE,
+                                          current_period_end__lte=now - RENEWAL_SLACK).order_by("current_period_end")
+    for sub, synced in _each_guarded(overdue, lambda s: _renewal_resync(sub=s, now=now), what="renewal re-sync",
+                                     result=result):
         if synced.current_period_end != sub.current_period_end or synced.status != sub.status:
             result.renewals_resynced.append(sub.stripe_subscription_id)
     return result
+
+
+def _each_guarded(subs, run, *, what: str, result: DunningResult):
+    """(sub, run(sub)) for each subscription (read up front). One org's failure is logged and recorded
+    in result.errors, and does not stop the others; the next pass retries it."""
+    for sub in list(subs):
+        try:
+            outcome = run(sub)
+        except Exception as exc:  # noqa: BLE001 - one org's failure must not stop the others
+            logger.exception("%s of %s failed", what, sub.stripe_subscription_id)
+            result.errors.append(f"{sub.stripe_subscription_id}: {exc}")
+            continue
+        yield sub, outcome
 
 
 def _renewal_resync(*, sub: Subscription, now: dt.datetime) -> Subscription:
