@@ -151,12 +151,12 @@ COLLECTION = {  # object type -> state collection
     "customer": "customers", "payment_method": "payment_methods", "product": "products", "price": "prices",
     "checkout.session": "checkout_sessions", "billing_portal.session": "portal_sessions",
     "subscription": "subscriptions", "invoice": "invoices", "payment_intent": "payment_intents",
-    "event": "events",
+    "event": "events", "billing_portal.configuration": "portal_configurations",
 }
 ID_PREFIX_TO_COLLECTION = {
     "cus_": "customers", "pm_": "payment_methods", "prod_": "products", "price_": "prices",
     "cs_": "checkout_sessions", "bps_": "portal_sessions", "sub_": "subscriptions", "in_": "invoices",
-    "pi_": "payment_intents", "evt_": "events",
+    "pi_": "payment_intents", "evt_": "events", "bpc_": "portal_configurations",
 }
 
 
@@ -648,10 +648,13 @@ class Sim:
                 "client_secret": None,
             })
             err = self._charge(pi, off_session=off_session)
+        pending_update = bool(self.private.get(inv["id"], {}).get("pending_update_for"))
         if err is None:
             self._invoice_mark_paid(inv, pi)
             sub = self._invoice_subscription(inv)
-            if sub and sub["status"] in ("past_due", "unpaid", "incomplete"):
+            if sub and pending_update:
+                self._pending_update_apply(sub)
+            elif sub and sub["status"] in ("past_due", "unpaid", "incomplete"):
                 self._sub_set(sub, status="active")
             return None
         inv["next_payment_attempt"] = None
@@ -661,7 +664,7 @@ class Sim:
                                             "payment": {"type": "payment_intent", "payment_intent": pi["id"]}})
         self.emit("invoice.payment_failed", inv)
         sub = self._invoice_subscription(inv)
-        if sub and sub["status"] in ("active", "trialing"):
+        if sub and sub["status"] in ("active", "trialing") and not pending_update:
             self._sub_set(sub, status="past_due")
         return err
 
@@ -780,12 +783,29 @@ class Sim:
     def _product_name(self, price: Obj) -> str:
         return self.db["products"].get(price["product"], {}).get("name", "Product")
 
+    #: Parameters Stripe accepts together with payment_behavior=pending_if_incomplete (pending updates).
+    PENDING_UPDATE_PARAMS = frozenset({"payment_behavior", "proration_behavior", "proration_date",
+                                       "billing_cycle_anchor", "items", "trial_end", "trial_from_plan",
+                                       "add_invoice_items", "expand"})
+    #: A pending update is discarded (its invoice voided) at most this long after the update call.
+    PENDING_UPDATE_LIFETIME = 23 * 3600
+
     def subscription_update(self, sub_id: str, p: Obj) -> Obj:
         sub = self.get("subscriptions", sub_id, "subscription")
         if sub["status"] in ("canceled", "incomplete_expired"):
             raise invalid("A canceled subscription can only update its cancellation_details and metadata.",
                           code="resource_missing" if False else None)
         now = self.now()
+        behavior_p = p.get("payment_behavior", "allow_incomplete")
+        if behavior_p not in ("allow_incomplete", "default_incomplete", "error_if_incomplete",
+                              "pending_if_incomplete"):
+            raise invalid("Invalid payment_behavior", param="payment_behavior")
+        pending_mode = behavior_p == "pending_if_incomplete"
+        if pending_mode:
+            unsupported = sorted(set(p) - self.PENDING_UPDATE_PARAMS)
+            if unsupported:
+                raise invalid(f"The following parameters cannot be used with payment_behavior="
+                              f"pending_if_incomplete: {', '.join(unsupported)}.", param=unsupported[0])
         prev: Obj = {}
         if "metadata" in p:
             prev["metadata"] = dict(sub["metadata"])
@@ -808,6 +828,7 @@ class Sim:
         if "trial_end" in p:
             self._sub_set_trial_end(sub, p["trial_end"], prev, now)
         invoice_now = None
+        new_price = None
         items = p.get("items")
         if items:
             item_p = items[0]
@@ -815,43 +836,99 @@ class Sim:
             if item_p.get("id") and item_p["id"] != item["id"]:
                 raise invalid(f"No such subscription item: '{item_p['id']}'", param="items[0][id]",
                               code="resource_missing")
+            if item_p.get("price") and sub.get("pending_update"):
+                self._pending_update_expire(sub)  # a new change replaces the unpaid one
             if item_p.get("price") and item_p["price"] != item["price"]["id"]:
                 new_price = self.get("prices", item_p["price"], "price", "items[0][price]")
                 if new_price["type"] != "recurring":
                     raise invalid("Price must be recurring.", param="items[0][price]")
                 old_price = item["price"]
-                prev["items"] = copy.deepcopy(sub["items"])
-                item["price"] = copy.deepcopy(new_price)
                 behavior = p.get("proration_behavior", "create_prorations")
                 if behavior not in ("create_prorations", "always_invoice", "none"):
                     raise invalid("Invalid proration_behavior", param="proration_behavior")
                 start, end = self._sub_period(sub)
-                if sub["status"] != "trialing" and behavior != "none" and end > now:
-                    frac_num, frac_den = end - now, max(1, end - start)
+                at = as_int(p["proration_date"], "proration_date") if p.get("proration_date") else now
+                if not start <= at <= max(now, start):
+                    raise invalid("proration_date must be within the current period and not in the future.",
+                                  param="proration_date")
+                if sub["status"] != "trialing" and behavior != "none" and end > at:
+                    frac_num, frac_den = end - at, max(1, end - start)
                     unused = -(old_price["unit_amount"] * frac_num // frac_den)
                     remaining = new_price["unit_amount"] * frac_num // frac_den
                     lines = [
-                        self._price_line(old_price, sub, now, end, amount=unused, proration=True,
+                        self._price_line(old_price, sub, at, end, amount=unused, proration=True,
                                          description=f"Unused time on {self._product_name(old_price)}"),
-                        self._price_line(new_price, sub, now, end, amount=remaining, proration=True,
+                        self._price_line(new_price, sub, at, end, amount=remaining, proration=True,
                                          description=f"Remaining time on {self._product_name(new_price)}"),
                     ]
                     if behavior == "always_invoice":
                         invoice_now = lines
                     else:
                         self.private[sub_id]["pending_prorations"].extend(lines)
+                if not (pending_mode and invoice_now is not None and sum(li["amount"] for li in invoice_now) > 0):
+                    # Applied at once; a pending update waits for its invoice to be paid (below).
+                    prev["items"] = copy.deepcopy(sub["items"])
+                    item["price"] = copy.deepcopy(new_price)
+                    new_price = None
         if prev:
             self.emit("customer.subscription.updated", sub, prev)
         if invoice_now is not None:
             inv = self.invoice_new(cus_id=sub["customer"], sub=sub, billing_reason="subscription_update",
                                    period_start=now, period_end=now, lines=invoice_now)
             self._sub_set(sub, latest_invoice=inv["id"])
+            if new_price is not None:
+                # Pending update (Stripe's "pending updates"): the change applies only once this invoice
+                # is paid; a failed payment leaves the subscription as it was (no past_due).
+                self.private[inv["id"]]["pending_update_for"] = sub_id
+                self.private[sub_id]["pending_update_price"] = copy.deepcopy(new_price)
+                self.private[sub_id]["pending_update_invoice"] = inv["id"]
             self.invoice_finalize(inv)
             if inv["status"] == "open" and inv["amount_due"] > 0:
                 self.invoice_attempt(inv, pm_id=self.default_pm_id(sub["customer"], sub), off_session=True)
             elif inv["status"] == "open":  # net credit: Stripe keeps it as customer balance; we close it
                 self._invoice_mark_paid(inv, None)
+            if new_price is not None and inv["status"] == "open":
+                trial_end = sub["trial_end"] if sub["status"] == "trialing" else None
+                expires = min(x for x in (now + self.PENDING_UPDATE_LIFETIME, self._sub_period(sub)[1], trial_end)
+                              if x)
+                item = sub["items"]["data"][0]
+                self._sub_set(sub, pending_update={
+                    "billing_cycle_anchor": None, "expires_at": expires, "trial_end": None,
+                    "trial_from_plan": None,
+                    "subscription_items": [{"id": item["id"], "object": "subscription_item",
+                                            "price": copy.deepcopy(new_price), "quantity": item["quantity"]}]})
         return sub
+
+    def _pending_update_apply(self, sub: Obj) -> None:
+        """The pending update's invoice got paid: apply the change (Stripe: pending_update_applied)."""
+        price = self.private[sub["id"]].pop("pending_update_price", None)
+        self.private[sub["id"]].pop("pending_update_invoice", None)
+        if price is None:
+            return
+        prev = {"items": copy.deepcopy(sub["items"]), "pending_update": copy.deepcopy(sub.get("pending_update"))}
+        sub["items"]["data"][0]["price"] = copy.deepcopy(price)
+        sub["pending_update"] = None
+        self.emit("customer.subscription.updated", sub, prev)
+        self.emit("customer.subscription.pending_update_applied", sub, prev)
+
+    def _pending_update_expire(self, sub: Obj) -> None:
+        """No payment before `pending_update.expires_at`: the invoice is voided, the change discarded."""
+        self.private[sub["id"]].pop("pending_update_price", None)
+        inv = self.db["invoices"].get(self.private[sub["id"]].pop("pending_update_invoice", None) or "")
+        if inv is not None and inv["status"] == "open":
+            self.invoice_void(inv)
+        prev = {"pending_update": copy.deepcopy(sub.get("pending_update"))}
+        sub["pending_update"] = None
+        self.emit("customer.subscription.pending_update_expired", sub, prev)
+
+    def invoice_void(self, inv: Obj) -> Obj:
+        if inv["status"] != "open":
+            raise invalid(f"You can only void open invoices; this one is {inv['status']}.", code="invoice_not_open")
+        prev = {"status": inv["status"]}
+        inv.update(status="void", amount_remaining=0, next_payment_attempt=None)
+        inv["status_transitions"]["voided_at"] = self.now()
+        self.emit("invoice.voided", inv, prev)
+        return inv
 
     def _sub_set_trial_end(self, sub: Obj, value: Any, prev: Obj, now: int) -> None:
         """`trial_end` on update: a future timestamp moves (or starts) the trial, and the period with
@@ -906,6 +983,8 @@ class Sim:
                 candidates.append((sub["trial_end"], "trial_end"))
             else:
                 candidates.append((self._sub_period(sub)[1], "period_end"))
+            if sub.get("pending_update"):
+                candidates.insert(0, (sub["pending_update"]["expires_at"], "pending_update_expired"))
             for at, what in candidates:
                 if at <= until and (best is None or at < best[0]):
                     best = (at, what, sub)
@@ -928,6 +1007,8 @@ class Sim:
                     self.emit("customer.subscription.trial_will_end", sub)
                 elif what == "trial_end":
                     self._end_trial(sub)
+                elif what == "pending_update_expired":
+                    self._pending_update_expire(sub)
                 else:
                     self._renew(sub)
             self.clock_offset += max(0, target - self.now())
@@ -1100,16 +1181,91 @@ class Sim:
         return cs
 
     # -- billing portal ------------------------------------------------------------------------
+    #: The account's default portal configuration when a session names none. Like a dashboard
+    #: default with plan switching turned on, it lets customers switch prices with prorations.
+    DEFAULT_PORTAL_CONFIGURATION = "bpc_sim_default"
+
+    def _portal_default_configuration(self) -> Obj:
+        conf = self.db["portal_configurations"].get(self.DEFAULT_PORTAL_CONFIGURATION)
+        if conf is None:
+            conf = self.portal_configuration_create({"features": {
+                "invoice_history": {"enabled": True}, "payment_method_update": {"enabled": True},
+                "subscription_cancel": {"enabled": True, "mode": "at_period_end", "proration_behavior": "none"},
+                "subscription_update": {"enabled": True, "default_allowed_updates": ["price"],
+                                        "proration_behavior": "create_prorations", "products": []}}},
+                conf_id=self.DEFAULT_PORTAL_CONFIGURATION, is_default=True)
+        return conf
+
+    def portal_configuration_create(self, p: Obj, *, conf_id: str | None = None, is_default: bool = False) -> Obj:
+        features = p.get("features") or {}
+        if not isinstance(features, dict):
+            raise invalid("Invalid features", param="features")
+
+        def flag(name: str, default: bool = False) -> bool:
+            return as_bool((features.get(name) or {}).get("enabled", default), f"features[{name}][enabled]")
+
+        cancel = features.get("subscription_cancel") or {}
+        update = features.get("subscription_update") or {}
+        for name, value in (("subscription_cancel", cancel.get("proration_behavior", "none")),
+                            ("subscription_update", update.get("proration_behavior", "create_prorations"))):
+            if value not in ("create_prorations", "always_invoice", "none"):
+                raise invalid("Invalid proration_behavior", param=f"features[{name}][proration_behavior]")
+        if cancel.get("mode", "at_period_end") not in ("at_period_end", "immediately"):
+            raise invalid("Invalid mode", param="features[subscription_cancel][mode]")
+        now = self.now()
+        return self.store({
+            "id": conf_id or f"bpc_{secrets.token_hex(7)}{self.seq:04d}", "object": "billing_portal.configuration",
+            "active": True, "is_default": is_default, "created": now, "updated": now, "default_return_url":
+            p.get("default_return_url"), "metadata": dict(p.get("metadata") or {}),
+            "business_profile": dict(p.get("business_profile") or {}),
+            "features": {
+                "customer_update": {"enabled": flag("customer_update"), "allowed_updates": []},
+                "invoice_history": {"enabled": flag("invoice_history")},
+                "payment_method_update": {"enabled": flag("payment_method_update")},
+                "subscription_cancel": {"enabled": flag("subscription_cancel"),
+                                        "mode": cancel.get("mode", "at_period_end"),
+                                        "proration_behavior": cancel.get("proration_behavior", "none")},
+                "subscription_update": {"enabled": flag("subscription_update"),
+                                        "default_allowed_updates": list(update.get("default_allowed_updates") or []),
+                                        "proration_behavior": update.get("proration_behavior", "create_prorations"),
+                                        "products": list(update.get("products") or [])},
+            },
+        })
+
     def portal_session_create(self, p: Obj) -> Obj:
         cus_id = p.get("customer")
         if not cus_id:
             raise invalid("Missing required param: customer.", param="customer", code="parameter_missing")
         self.get("customers", cus_id, "customer", "customer")
+        if p.get("configuration"):
+            conf = self.get("portal_configurations", p["configuration"], "billing portal configuration",
+                            "configuration")
+            if not conf["active"]:
+                raise invalid("This configuration is not active.", param="configuration")
+        else:
+            conf = self._portal_default_configuration()
         bps_id = self.new_id("billing_portal.session")
         return self.store({"id": bps_id, "object": "billing_portal.session", "customer": cus_id,
                            "return_url": p.get("return_url"), "url": f"{self.public_url}/portal/{bps_id}",
-                           "created": self.now(), "configuration": "bpc_sim_default", "flow": None,
+                           "created": self.now(), "configuration": conf["id"], "flow": None,
                            "locale": None, "on_behalf_of": None})
+
+    def portal_configuration(self, bps: Obj) -> Obj:
+        return self.db["portal_configurations"].get(bps["configuration"]) or self._portal_default_configuration()
+
+    def portal_switch_price(self, bps_id: str, sub_id: str, price_id: str) -> Obj:
+        """The portal's plan switch, as its configuration allows (proration behaviour included)."""
+        with self.lock:
+            bps = self.get("portal_sessions", bps_id, "billing portal session")
+            update = self.portal_configuration(bps)["features"]["subscription_update"]
+            if not update["enabled"]:
+                raise invalid("This portal does not allow plan changes.")
+            sub = self.get("subscriptions", sub_id, "subscription")
+            if sub["customer"] != bps["customer"]:
+                raise missing("subscription", sub_id)
+            return self.subscription_update(sub_id, {
+                "items": [{"id": sub["items"]["data"][0]["id"], "price": price_id}],
+                "proration_behavior": update["proration_behavior"]})
 
     def portal_update_card(self, bps_id: str, card_number: str) -> Obj:
         with self.lock:
@@ -1133,4 +1289,9 @@ class Sim:
             sub = self.get("subscriptions", sub_id, "subscription")
             if sub["customer"] != bps["customer"]:
                 raise missing("subscription", sub_id)
+            cancel = self.portal_configuration(bps)["features"]["subscription_cancel"]
+            if not cancel["enabled"]:
+                raise invalid("This portal does not allow cancellations.")
+            if cancel["mode"] == "immediately":  # as the configuration says (no prorated refund modelled)
+                return self.subscription_cancel(sub_id)
             return self.subscription_update(sub_id, {"cancel_at_period_end": "true"})

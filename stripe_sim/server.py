@@ -4,6 +4,7 @@ REST bodies are form-encoded with Stripe's bracket notation; `/_sim/*` control e
 """
 from __future__ import annotations
 
+import email.utils
 import html
 import json
 import logging
@@ -129,6 +130,13 @@ class App:
             f"/v1/checkout/sessions/{id}/line_items"))
         api("POST", r"/v1/checkout/sessions/(?P<id>[^/]+)/expire", lambda p, id: s.checkout_expire(id))
         api("POST", r"/v1/billing_portal/sessions", lambda p: s.portal_session_create(p))
+        api("POST", r"/v1/billing_portal/configurations", lambda p: s.portal_configuration_create(p))
+        api("GET", r"/v1/billing_portal/configurations", lambda p: s.paginate(
+            [c for c in s.ordered("portal_configurations")
+             if "active" not in p or c["active"] == as_bool(p["active"], "active")], p,
+            "/v1/billing_portal/configurations"))
+        api("GET", r"/v1/billing_portal/configurations/(?P<id>[^/]+)",
+            lambda p, id: s.get("portal_configurations", id, "billing portal configuration"))
         api("POST", r"/v1/subscriptions", lambda p: s.subscription_create(p))
         api("GET", r"/v1/subscriptions", self._subscription_list)
         api("GET", r"/v1/subscriptions/(?P<id>[^/]+)", lambda p, id: s.get("subscriptions", id, "subscription"))
@@ -317,6 +325,10 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     app: App  # set on the subclass by make_server
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # Stripe's `Date` header is Stripe's clock: here the simulated one (events' `created` use it too).
+        return email.utils.formatdate(self.app.sim.now() if timestamp is None else timestamp, usegmt=True)
+
     def log_message(self, fmt: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), fmt % args)
 
@@ -496,7 +508,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.app.save()
                 return self._redirect(cs["success_url"].replace("{CHECKOUT_SESSION_ID}", cs["id"]))
             return self._html(200, self._checkout_page(cs_id))
-        m = re.fullmatch(r"/portal/([^/]+)(?:/(card|cancel))?", path)
+        m = re.fullmatch(r"/portal/([^/]+)(?:/(card|cancel|switch))?", path)
         if m:
             bps_id, action = m.groups()
             if method == "POST" and action:
@@ -505,6 +517,9 @@ class Handler(BaseHTTPRequestHandler):
                     if action == "card":
                         sim.portal_update_card(bps_id, form.get("card_number", ""))
                         notice = "Payment method updated."
+                    elif action == "switch":
+                        sim.portal_switch_price(bps_id, form.get("subscription", ""), form.get("price", ""))
+                        notice = "Plan changed."
                     else:
                         sim.portal_cancel(bps_id, form.get("subscription", ""))
                         notice = "Subscription canceled."
@@ -578,6 +593,11 @@ class Handler(BaseHTTPRequestHandler):
             subs = [s for s in sim.ordered("subscriptions") if s["customer"] == cus["id"]]
             invoices = [i for i in sim.ordered("invoices") if i["customer"] == cus["id"]][:12]
             names = {s["id"]: sim._product_name(s["items"]["data"][0]["price"]) for s in subs}
+            update = sim.portal_configuration(bps)["features"]["subscription_update"]
+            switchable = ([(p["id"], sim._product_name(p)) for p in sim.ordered("prices")
+                           if p["active"] and p["type"] == "recurring"
+                           and (not update["products"] or p["product"] in {x.get("product") for x in update["products"]})]
+                          if update["enabled"] else [])
         rows = []
         for s in subs:
             start, end = s["items"]["data"][0]["current_period_start"], s["items"]["data"][0]["current_period_end"]
@@ -586,6 +606,13 @@ class Handler(BaseHTTPRequestHandler):
                 form = (f'<form method=post action="/portal/{esc(bps_id)}/cancel"><input type=hidden name=subscription '
                         f'value="{esc(s["id"])}"><button type=submit id="cancel-{esc(s["id"])}" class=cancel>Cancel '
                         f'subscription</button></form>')
+            if s["status"] not in ("canceled", "incomplete_expired"):
+                current = s["items"]["data"][0]["price"]["id"]
+                form += "".join(
+                    f'<form method=post action="/portal/{esc(bps_id)}/switch" class=switch><input type=hidden '
+                    f'name=subscription value="{esc(s["id"])}"><input type=hidden name=price value="{esc(pid)}">'
+                    f'<button type=submit id="switch-{esc(pid)}">Switch to {esc(name)}</button></form>'
+                    for pid, name in switchable if pid != current)
             note = " (cancels at period end)" if s["cancel_at_period_end"] else ""
             rows.append(f"<tr><td>{esc(names[s['id']])}</td><td class=status>{esc(s['status'])}{note}</td>"
                         f"<td>renews/ends {end}</td><td>{form}</td></tr>")
