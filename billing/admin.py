@@ -31,7 +31,15 @@ from .admin_links import stripe_link
 from billing_project.errors import AppError
 
 from .errors import BillingError
-from .models import AutoTopupSettingsChange, CreditBalance, CreditPurchase, Invoice, Subscription, WebhookEvent
+from .models import (
+    AllowanceChange,
+    AutoTopupSettingsChange,
+    CreditBalance,
+    CreditPurchase,
+    Invoice,
+    Subscription,
+    WebhookEvent,
+)
 from .plans import TIERS, format_cents
 from .services.accounts import billing_account_open
 from .services.grants import MAX_GRANT_CREDITS, credit_grant_create
@@ -81,10 +89,22 @@ def subscription_resync(subscription: Subscription, *, now) -> Subscription:
     return subscription_sync(stripe_subscription=stripe_subscription, now=now)
 
 
+@admin.register(AllowanceChange)
+class AllowanceChangeAdmin(FactAdminMixin, admin.ModelAdmin):
+    """Prorated upgrades within a period: what each tier's allowance became, and why (read-only)."""
+
+    list_display = ("organization", "from_plan_tier", "to_plan_tier", "effective_at", "period_start",
+                    "included_small", "included_medium", "included_large", "included_xl")
+    list_filter = ("to_plan_tier",)
+    search_fields = ORG_SEARCH
+    list_select_related = ("organization",)
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("stripe_subscription_id", "organization", "plan_tier", "status", "current_period_end",
-                    "trial_end", "cancel_at_period_end", "grace_period_ends_at", "stripe", "updated_at")
+                    "trial_end", "cancel_at_period_end", "pending_update_plan_tier", "grace_period_ends_at", "stripe",
+                    "updated_at")
     list_filter = ("plan_tier", "status", "cancel_at_period_end", "current_period_end", "trial_end")
     search_fields = ("stripe_subscription_id", "stripe_customer_id", "stripe_price_id", *ORG_SEARCH)
     list_select_related = ("organization",)

@@ -16,6 +16,7 @@ from billing_project.api import error_response, json_api, parse_json_body
 from billing_project.errors import AppError, InvalidRequest
 from organizations.access import org_view
 
+from .idempotency import idempotent_request
 from .services import checkout
 
 _TRUE = {"1", "true", "on", "yes"}
@@ -59,6 +60,9 @@ def _respond(request: HttpRequest, run, *, as_json=None, redirect_to=None, messa
         result = run()
     except AppError as exc:
         messages.error(request, exc.message)
+        finish_url = exc.extra.get("hostedInvoiceUrl")
+        if exc.code == "AUTHENTICATION_REQUIRED" and finish_url:
+            return HttpResponseRedirect(finish_url)  # 3-D Secure: the holder finishes on Stripe's invoice page
         return HttpResponseRedirect(_dashboard(request))
     if message:
         messages.success(request, message(result) if callable(message) else message)
@@ -78,6 +82,7 @@ def _sub_json(sub) -> dict[str, Any]:
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("billing-api-checkout")
 def checkout_create(request: HttpRequest, membership) -> HttpResponse:
     def run():
         body = _body(request)
@@ -97,6 +102,7 @@ def portal_create(request: HttpRequest, membership) -> HttpResponse:
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("billing-api-upgrade")
 def subscription_upgrade(request: HttpRequest, membership) -> HttpResponse:
     def run():
         body = _body(request)
@@ -116,6 +122,7 @@ def _downgrade_message(sub) -> str:
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("billing-api-downgrade")
 def subscription_downgrade(request: HttpRequest, membership) -> HttpResponse:
     """Schedule a lower plan for the period end (`plan` = the current plan: keep it)."""
     def run():
@@ -126,6 +133,7 @@ def subscription_downgrade(request: HttpRequest, membership) -> HttpResponse:
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("billing-api-downgrade-cancel")
 def subscription_downgrade_cancel(request: HttpRequest, membership) -> HttpResponse:
     """Keep the current plan: cancel a pending downgrade."""
     def run():
@@ -136,6 +144,7 @@ def subscription_downgrade_cancel(request: HttpRequest, membership) -> HttpRespo
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("billing-api-cancel")
 def subscription_cancel(request: HttpRequest, membership) -> HttpResponse:
     def run():
         body = _body(request)

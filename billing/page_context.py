@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
 
 from billing_project.errors import AppError
 from organizations.models import Membership, Organization, PlanTier, SubscriptionStatus
@@ -32,6 +32,7 @@ from .plans import (
     Plan,
     format_cents,
 )
+from .selectors import BalanceStatus, TierStatus, balance_status
 from .services.topups import (
     AUTO_TOPUP_CAP_MAX,
     AUTO_TOPUP_PACKS_MAX,
@@ -102,6 +103,11 @@ class TierBar:
     percent: int           # bar width, 0..100 (capped)
     state: str             # ok (<80 %), warn (>=80 %), full (>=100 %)
     credit_cost: Decimal   # credits per action of this tier
+    # What happens to the next action (billing.selectors.TierStatus): plan | credits | overage | blocked,
+    # said as a sentence; blocked_since = the first refusal this period (None: not refused yet).
+    next_kind: str = ""
+    next_text: str = ""
+    blocked_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -129,12 +135,18 @@ class PlanCard:
     pending_plan: Plan | None = None        # deferred downgrade: the plan from pending_plan_at on
     pending_plan_at: datetime | None = None  # = the subscription's current period end
     has_payment_method: bool = False         # the subscription has a default card (trial converts to paid)
+    # An upgrade Stripe holds until its proration invoice is paid (plan above unchanged meanwhile).
+    pending_upgrade: Plan | None = None
+    pending_upgrade_expires_at: datetime | None = None
+    pending_upgrade_invoice_url: str = ""
 
 
 @dataclass(frozen=True)
 class Banner:
     level: str     # info | warning | error
     text: str
+    kind: str = ""                          # data-banner; "" = the subscription status
+    links: tuple[tuple[str, str], ...] = ()  # (label, href): the fix, as links next to the text
 
 
 @dataclass
@@ -181,13 +193,14 @@ def auto_topup_resubmitted(state: AutoTopup, *, data: dict[str, Any], error: App
         error=_sentence(error.message), error_field=AUTO_TOPUP_ERROR_FIELDS.get(error.code, ""))
 
 
-def _balance_summary(*, organization: Organization, now: datetime) -> dict | None:
+def _balance_summary(*, organization: Organization, now: datetime, status: BalanceStatus | None = None
+                     ) -> dict | None:
     """The engine's summary, or None while the engine has not landed (import kept lazy on purpose)."""
     try:
         from .selectors import balance_summary  # noqa: PLC0415
     except ImportError:
         return None
-    return balance_summary(organization=organization, now=now)
+    return balance_summary(organization=organization, now=now, status=status)
 
 
 def _current_subscription(organization: Organization):
@@ -236,18 +249,63 @@ def credits_bar(summary: dict | None) -> CreditsBar:
     return CreditsBar(purchased=purchased, used=used, remaining=remaining, percent=percent, state=state)
 
 
-def _warnings(summary: dict | None) -> list[str]:
-    raw = (summary or {}).get("warnings") or []
-    texts = {"80percent": "80 % of the allowance used", "100percent": "allowance used up",
-             "using_topup_credits": "now paid from top-up credits", "buffer": "running on overage"}
-    if isinstance(raw, dict):
-        out = []
-        for tier, value in raw.items():
-            for w in (value if isinstance(value, list | tuple) else [value]):
-                if w:
-                    out.append(f"{TIER_LABELS.get(tier, tier)}: {texts.get(str(w), str(w))}")
-        return out
-    return [texts.get(str(w), str(w)) for w in raw if w]
+def _warnings(status: BalanceStatus) -> list[str]:
+    """One line per tier worth a warning, from what its next action does (a blocked tier has the
+    banner and its own line instead: it is not "running on overage")."""
+    out = []
+    for s in status.tiers:
+        label, included = TIER_LABELS[s.tier], status.balance.included(s.tier)
+        if s.next_paid_from == "overage":
+            out.append(f"{label}: allowance and credits used up, running on overage "
+                       f"({s.buffer_left} buffer action{'s' if s.buffer_left != 1 else ''} left)")
+        elif s.next_paid_from == "credits":
+            out.append(f"{label}: allowance used up, now paid from top-up credits")
+        elif s.next_paid_from == "plan" and included and (included - s.plan_left) * 100 >= WARN_PERCENT * included:
+            out.append(f"{label}: 80 % of the allowance used")
+    return out
+
+
+def _since(at: datetime, now: datetime) -> str:
+    """'14:05 UTC' today, 'Nov 9, 14:05 UTC' another day (TIME_ZONE is UTC)."""
+    return f"{at:%H:%M} UTC" if at.date() == now.date() else f"{at:%b} {at.day}, {at:%H:%M} UTC"
+
+
+def next_action(s: TierStatus, *, now: datetime) -> tuple[str, str]:
+    """(kind, sentence) for the next action of one tier: plan | credits | overage | blocked."""
+    if s.next_paid_from == "plan":
+        return "plan", f"Paid from the plan allowance ({s.plan_left:,} left)"
+    if s.next_paid_from == "credits":
+        cost = TIER_CREDIT_COST[s.tier].normalize()
+        return "credits", (f"Paid from credits ({cost:f} each; the credits left pay for "
+                           f"{s.credit_actions:,} more)")
+    if s.next_paid_from == "overage":
+        return "overage", (f"Runs on the overage buffer: {s.buffer_left} buffer (overage) "
+                           f"action{'s' if s.buffer_left != 1 else ''} left, then refused")
+    when = f"Blocked since {_since(s.blocked_since, now)}" if s.blocked_since else "Blocked"
+    return "blocked", f"{when}: refused until you buy credits or upgrade"
+
+
+def blocked_banner(status: BalanceStatus, *, org: Organization, can_manage: bool, now: datetime) -> Banner | None:
+    """The error banner for the tiers whose next action is refused, with the fix as links."""
+    blocked = [s for s in status.tiers if s.blocked]
+    if not blocked:
+        return None
+    phrases = [f"{TIER_LABELS[s.tier]} actions are blocked" + (f" since {_since(s.blocked_since, now)}"
+                                                               if s.blocked_since else "") for s in blocked]
+    upgrade = PLANS[status.suggested_plan] if status.suggested_plan else None
+    text = ("; ".join(phrases) + ": the plan allowance, top-up credits and overage buffer are used up, so "
+            "the platform refuses them until you buy credits" + (" or upgrade" if upgrade else "") + ".")
+    packs = max(s.packs_to_unblock for s in blocked)
+    if packs > 1:
+        owed = status.balance.overage_credits_owed.normalize()
+        text += (f" A purchase first settles the {owed:f} credits of overage owed: "
+                 f"{packs} packs of {TOPUP_PACK_CREDITS.normalize():f} are needed.")
+    if not can_manage:
+        return Banner("error", text + " Ask an owner or admin of the organization.", kind="tier-blocked")
+    links = [("Buy credits", "#credits")]
+    if upgrade:
+        links.append((f"Upgrade to {upgrade.name}", f"{reverse('billing-plans')}?org={org.slug}"))
+    return Banner("error", text, kind="tier-blocked", links=tuple(links))
 
 
 def plan_card(*, organization: Organization, summary: dict | None, now: datetime) -> PlanCard:
@@ -279,7 +337,18 @@ def plan_card(*, organization: Organization, summary: dict | None, now: datetime
         pending_plan=PLANS[sub.pending_plan_tier] if _pending(sub) else None,
         pending_plan_at=sub.current_period_end if _pending(sub) else None,
         has_payment_method=bool(sub and sub.default_payment_method_id),
+        **_pending_upgrade(sub, now=now),
     )
+
+
+def _pending_upgrade(sub, *, now: datetime) -> dict[str, Any]:
+    if sub is None or not sub.pending_update_plan_tier or (
+            sub.pending_update_expires_at is not None and sub.pending_update_expires_at <= now):
+        return {}
+    invoice = sub.invoices.filter(status="open", billing_reason="subscription_update").order_by("-created_at").first()
+    return {"pending_upgrade": PLANS[sub.pending_update_plan_tier],
+            "pending_upgrade_expires_at": sub.pending_update_expires_at,
+            "pending_upgrade_invoice_url": invoice.hosted_invoice_url if invoice else ""}
 
 
 def _pending(sub) -> bool:
@@ -320,6 +389,13 @@ def banners(card: PlanCard) -> list[Banner]:
     if card.cancel_at_period_end and card.period_end:
         out.append(Banner("warning", f"Your {card.plan.name} plan ends on {_date(card.period_end)}; "
                                      "the org then moves to the Free plan."))
+    if card.pending_upgrade is not None:
+        until = (f" before {card.pending_upgrade_expires_at:%b %-d, %H:%M} UTC"
+                 if card.pending_upgrade_expires_at else "")
+        out.append(Banner("warning", f"Your upgrade to {card.pending_upgrade.name} is waiting for its payment: "
+                                     f"you stay on {card.plan.name} until it is paid{until}.", kind="upgrade-pending",
+                          links=((("Pay the invoice", card.pending_upgrade_invoice_url),)
+                                 if card.pending_upgrade_invoice_url else ())))
     return out
 
 
@@ -339,24 +415,31 @@ def dashboard_context(*, membership: Membership, now: datetime, auto_topup_submi
                       auto_topup_error: AppError | None = None) -> dict[str, Any]:
     """`auto_topup_submitted` + `auto_topup_error`: the refused auto top-up form, shown again as typed."""
     org = membership.organization
-    summary = _balance_summary(organization=org, now=now)
+    status = balance_status(organization_id=org.pk, now=now)
+    summary = _balance_summary(organization=org, now=now, status=status)
     card = plan_card(organization=org, summary=summary, now=now)
-    bars = tier_bars(summary, card.plan)
+    bars = []
+    for bar, tier_state in zip(tier_bars(summary, card.plan), status.tiers, strict=True):
+        kind, text = next_action(tier_state, now=now)
+        bars.append(replace(bar, next_kind=kind, next_text=text, blocked_since=tier_state.blocked_since))
+    blocked = blocked_banner(status, org=org, can_manage=membership.is_admin, now=now)
     return {
         "org": org,
         "membership": membership,
         "page_path": "/settings/billing",  # also when rendered as the answer to the auto top-up form's POST
         "can_manage": membership.is_admin,
         "card": card,
-        "banners": banners(card),
+        "banners": banners(card) + ([blocked] if blocked else []),
+        "blocked_fix": blocked.links if blocked else (),
         "tier_bars": bars,
         "credits": credits_bar(summary),
         "overage_total": sum(b.overage for b in bars),
-        "total_remaining": _dec((summary or {}).get("totalRemaining"),
-                                str(sum((b.remaining * b.credit_cost for b in bars), Decimal("0.00"))))
-        if summary else None,
+        # The headline: credits any tier's next action can spend. Plan allowance is per tier, in
+        # actions (plan_left), never added in as "credits" (another tier cannot spend it).
+        "spendable_credits": status.spendable_credits,
+        "plan_left": [(b.label, b.remaining) for b in bars if b.remaining],
         "balance_available": summary is not None,
-        "usage_warnings": _warnings(summary),
+        "usage_warnings": _warnings(status),
         "auto_topup": auto_topup_resubmitted(auto_topup_state(summary=summary), data=auto_topup_submitted or {},
                                              error=auto_topup_error)
         if auto_topup_error is not None else auto_topup_state(summary=summary),

@@ -8,13 +8,17 @@
   AUTHENTICATION_REQUIRED, STRIPE_INVALID_REQUEST, STRIPE_NOT_FOUND, STRIPE_IDEMPOTENCY_ERROR,
   STRIPE_RATE_LIMITED, STRIPE_UNAVAILABLE, STRIPE_AUTH_ERROR, STRIPE_PERMISSION_ERROR,
   STRIPE_SIGNATURE_INVALID, STRIPE_API_VERSION_MISMATCH, STRIPE_NOT_CONFIGURED).
-- Functions return plain dicts (`to_dict()`), so callers never touch stripe objects.
+- Functions return plain dicts (`to_dict()`), so callers never touch stripe objects; subscription
+  calls return a `SubscriptionSnapshot` (the object + Stripe's time of the answer).
 - Every mutating call takes an `idempotency_key` (derive it from your own intent row).
 """
 from __future__ import annotations
 
+import email.utils
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import stripe
@@ -272,6 +276,12 @@ def checkout_session_create(*, mode: str, customer_id: str | None, price_id: str
                  options=_opts(_require_key(idempotency_key)))
 
 
+def checkout_session_list(*, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The customer's Checkout Sessions, newest first (does a checkout of ours link this customer?)."""
+    return _call("checkout_session_list", get_client().v1.checkout.sessions.list,
+                 params={"customer": customer_id, "limit": limit})["data"]
+
+
 def checkout_session_retrieve(session_id: str, *, expand: list[str] | None = None) -> dict[str, Any]:
     return _call("checkout_session_retrieve", get_client().v1.checkout.sessions.retrieve, session_id,
                  params={"expand": expand} if expand else None)
@@ -284,15 +294,83 @@ def checkout_session_expire(*, session_id: str, idempotency_key: str) -> dict[st
                  options=_opts(_require_key(idempotency_key)))
 
 
-def billing_portal_session_create(*, customer_id: str, return_url: str, idempotency_key: str) -> dict[str, Any]:
+def billing_portal_session_create(*, customer_id: str, return_url: str, idempotency_key: str,
+                                  configuration: str | None = None) -> dict[str, Any]:
+    """A portal session; `configuration` (bpc_…) says what the customer may do there (without it,
+    Stripe uses the account's default configuration)."""
+    params: dict[str, Any] = {"customer": customer_id, "return_url": return_url}
+    if configuration:
+        params["configuration"] = configuration
     return _call("billing_portal_session_create", get_client().v1.billing_portal.sessions.create,
-                 params={"customer": customer_id, "return_url": return_url},
-                 options=_opts(_require_key(idempotency_key)))
+                 params=params, options=_opts(_require_key(idempotency_key)))
+
+
+def billing_portal_configuration_create(*, features: dict[str, Any], metadata: dict[str, str],
+                                        idempotency_key: str,
+                                        business_profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"features": features, "metadata": metadata}
+    if business_profile:
+        params["business_profile"] = business_profile
+    return _call("billing_portal_configuration_create", get_client().v1.billing_portal.configurations.create,
+                 params=params, options=_opts(_require_key(idempotency_key)))
+
+
+def billing_portal_configuration_list(*, active: bool = True, limit: int = 100) -> list[dict[str, Any]]:
+    """The account's portal configurations (Stripe cannot filter by metadata: callers do)."""
+    return _call("billing_portal_configuration_list", get_client().v1.billing_portal.configurations.list,
+                 params={"active": active, "limit": limit})["data"]
 
 
 # --- subscriptions --------------------------------------------------------------------------------
-def subscription_retrieve(subscription_id: str) -> dict[str, Any]:
-    return _call("subscription_retrieve", get_client().v1.subscriptions.retrieve, subscription_id)
+@dataclass(frozen=True)
+class SubscriptionSnapshot:
+    """A subscription as Stripe answered it, and when (Stripe's clock, unix seconds: the response's
+    `Date` header). A fresh read is the newest state there is: events created before `as_of` are
+    older news (subscription_sync orders them by it)."""
+
+    obj: dict[str, Any]
+    as_of: int
+
+
+@dataclass(frozen=True)
+class PendingUpgrade:
+    """Why Stripe holds an upgrade back (`pending_update`): its proration invoice is unpaid.
+    `code` CARD_DECLINED / INSUFFICIENT_FUNDS / AUTHENTICATION_REQUIRED / …; `hosted_invoice_url`
+    is where the holder finishes (3-D Secure) or pays it with another card before `expires_at`."""
+
+    code: str
+    message: str
+    invoice_id: str
+    hosted_invoice_url: str
+    amount_due_cents: int
+    expires_at: int | None
+
+
+def _response_time(result: Any) -> int:
+    header = None
+    response = getattr(result, "last_response", None)
+    if response is not None:
+        header = (getattr(response, "headers", None) or {}).get("Date") or (
+            getattr(response, "headers", None) or {}).get("date")
+    if header:
+        try:
+            return int(email.utils.parsedate_to_datetime(header).timestamp())
+        except (TypeError, ValueError):
+            logger.warning("unparseable Date header from Stripe: %r", header)
+    return int(time.time())
+
+
+def _snapshot(op: str, fn: Any, *args: Any, **kwargs: Any) -> SubscriptionSnapshot:
+    try:
+        result = fn(*args, **kwargs)
+    except stripe.StripeError as exc:
+        raise _map_error(exc, op) from exc
+    logger.info("stripe %s ok id=%s", op, getattr(result, "id", None))
+    return SubscriptionSnapshot(obj=result.to_dict(), as_of=_response_time(result))
+
+
+def subscription_retrieve(subscription_id: str) -> SubscriptionSnapshot:
+    return _snapshot("subscription_retrieve", get_client().v1.subscriptions.retrieve, subscription_id)
 
 
 def subscription_list(*, customer_id: str, status: str = "all") -> list[dict[str, Any]]:
@@ -300,43 +378,99 @@ def subscription_list(*, customer_id: str, status: str = "all") -> list[dict[str
                  params={"customer": customer_id, "status": status, "limit": 20})["data"]
 
 
-def subscription_update_price(*, subscription_id: str, price_id: str, proration_behavior: str = "always_invoice",
-                              idempotency_key: str) -> dict[str, Any]:
-    """Switch the (single) item to `price_id`. `always_invoice` charges the prorated difference now."""
-    if proration_behavior not in ("always_invoice", "create_prorations", "none"):
-        raise ValueError(f"bad proration_behavior {proration_behavior!r}")
-    current = subscription_retrieve(subscription_id)
+def subscription_update_price(*, subscription_id: str, price_id: str, proration_behavior: str = "none",
+                              idempotency_key: str) -> SubscriptionSnapshot:
+    """Switch the (single) item to `price_id` without charging now (downgrade at period end, keep
+    plan): `proration_behavior` none (or create_prorations). Clears a pending cancel. Upgrades, which
+    charge, go through `subscription_upgrade_price`."""
+    if proration_behavior not in ("create_prorations", "none"):
+        raise ValueError(f"bad proration_behavior {proration_behavior!r} (upgrades: subscription_upgrade_price)")
+    current = subscription_retrieve(subscription_id).obj
     item_id = current["items"]["data"][0]["id"]
-    return _call("subscription_update_price", get_client().v1.subscriptions.update, subscription_id,
-                 params={"items": [{"id": item_id, "price": price_id}], "proration_behavior": proration_behavior,
-                         "cancel_at_period_end": False},
-                 options=_opts(_require_key(idempotency_key)))
+    return _snapshot("subscription_update_price", get_client().v1.subscriptions.update, subscription_id,
+                     params={"items": [{"id": item_id, "price": price_id}], "proration_behavior": proration_behavior,
+                             "cancel_at_period_end": False},
+                     options=_opts(_require_key(idempotency_key)))
 
 
-def subscription_cancel(*, subscription_id: str, idempotency_key: str, at_period_end: bool = False) -> dict[str, Any]:
+def subscription_upgrade_price(*, subscription_id: str, price_id: str,
+                               idempotency_key: str) -> tuple[SubscriptionSnapshot, PendingUpgrade | None]:
+    """Switch to a higher price and invoice the prorated difference now, with
+    `payment_behavior=pending_if_incomplete`: Stripe applies the new price only once that invoice is
+    paid; until then the subscription keeps its price and carries `pending_update` (discarded, the
+    invoice voided, at `pending_update.expires_at`). Returns Stripe's answer and, when the change is
+    pending, why (read from the proration invoice and its payment). A pending cancel-at-period-end is
+    undone by the caller first (not allowed together with a pending update)."""
+    current = subscription_retrieve(subscription_id).obj
+    item_id = current["items"]["data"][0]["id"]
+    snap = _snapshot("subscription_upgrade_price", get_client().v1.subscriptions.update, subscription_id,
+                     params={"items": [{"id": item_id, "price": price_id}], "proration_behavior": "always_invoice",
+                             "payment_behavior": "pending_if_incomplete"},
+                     options=_opts(_require_key(idempotency_key)))
+    pending = snap.obj.get("pending_update")
+    if not pending:
+        return snap, None
+    return snap, _pending_reason(snap.obj, expires_at=pending.get("expires_at"))
+
+
+def _pending_reason(sub: dict[str, Any], *, expires_at: int | None) -> PendingUpgrade:
+    invoice_id = stripe_id_of(sub.get("latest_invoice"))
+    invoice = invoice_retrieve(invoice_id) if invoice_id else {}
+    code, message = "CARD_DECLINED", "the card was declined; pay the invoice with another card"
+    payments = ((invoice.get("payments") or {}).get("data") or [])
+    pi_id = None
+    for payment in reversed(payments):
+        pi_id = stripe_id_of((payment.get("payment") or {}).get("payment_intent"))
+        if pi_id:
+            break
+    if pi_id:
+        pi = payment_intent_retrieve(pi_id)
+        last = pi.get("last_payment_error") or {}
+        decline = last.get("decline_code") or last.get("code")
+        if pi.get("status") == "requires_action" or decline == "authentication_required":
+            code = "AUTHENTICATION_REQUIRED"
+            message = "the card needs authentication by its holder: finish the payment on the invoice page"
+        else:
+            code = _DECLINE_CODES.get(decline or "", "CARD_DECLINED")
+            message = last.get("message") or message
+    elif not payments and invoice.get("status") == "open":
+        code, message = "NO_PAYMENT_METHOD", "no card on file to pay the upgrade"
+    return PendingUpgrade(code=code, message=message, invoice_id=invoice_id or "",
+                          hosted_invoice_url=invoice.get("hosted_invoice_url") or "",
+                          amount_due_cents=int(invoice.get("amount_due") or 0), expires_at=expires_at)
+
+
+def stripe_id_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def subscription_cancel(*, subscription_id: str, idempotency_key: str,
+                        at_period_end: bool = False) -> SubscriptionSnapshot:
     """At period end: sets `cancel_at_period_end` (undo with `subscription_resume`). Now: deletes it."""
     client = get_client()
     if at_period_end:
-        return _call("subscription_cancel_at_period_end", client.v1.subscriptions.update, subscription_id,
-                     params={"cancel_at_period_end": True}, options=_opts(_require_key(idempotency_key)))
-    return _call("subscription_cancel_now", client.v1.subscriptions.cancel, subscription_id,
-                 options=_opts(_require_key(idempotency_key)))
+        return _snapshot("subscription_cancel_at_period_end", client.v1.subscriptions.update, subscription_id,
+                         params={"cancel_at_period_end": True}, options=_opts(_require_key(idempotency_key)))
+    return _snapshot("subscription_cancel_now", client.v1.subscriptions.cancel, subscription_id,
+                     options=_opts(_require_key(idempotency_key)))
 
 
-def subscription_extend_trial(*, subscription_id: str, trial_end: int, idempotency_key: str) -> dict[str, Any]:
+def subscription_extend_trial(*, subscription_id: str, trial_end: int, idempotency_key: str) -> SubscriptionSnapshot:
     """Move a subscription's trial end to `trial_end` (unix seconds, in the future) without prorating:
     the first paid invoice simply comes later. Stripe emits customer.subscription.updated."""
     if not isinstance(trial_end, int) or isinstance(trial_end, bool) or trial_end <= 0:
         raise ValueError("trial_end must be unix seconds")
-    return _call("subscription_extend_trial", get_client().v1.subscriptions.update, subscription_id,
-                 params={"trial_end": trial_end, "proration_behavior": "none"},
-                 options=_opts(_require_key(idempotency_key)))
+    return _snapshot("subscription_extend_trial", get_client().v1.subscriptions.update, subscription_id,
+                     params={"trial_end": trial_end, "proration_behavior": "none"},
+                     options=_opts(_require_key(idempotency_key)))
 
 
-def subscription_resume(*, subscription_id: str, idempotency_key: str) -> dict[str, Any]:
+def subscription_resume(*, subscription_id: str, idempotency_key: str) -> SubscriptionSnapshot:
     """Undo a pending cancel-at-period-end."""
-    return _call("subscription_resume", get_client().v1.subscriptions.update, subscription_id,
-                 params={"cancel_at_period_end": False}, options=_opts(_require_key(idempotency_key)))
+    return _snapshot("subscription_resume", get_client().v1.subscriptions.update, subscription_id,
+                     params={"cancel_at_period_end": False}, options=_opts(_require_key(idempotency_key)))
 
 
 # --- invoices -------------------------------------------------------------------------------------
@@ -434,8 +568,9 @@ def webhook_construct_event(payload: bytes, sig_header: str, *, secret: str | No
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") or not event.get("type"):
         raise BillingError("webhook body is not a Stripe event", code="STRIPE_INVALID_PAYLOAD")
     if event.get("api_version") != STRIPE_API_VERSION:
-        logger.error("webhook %s refused: api_version %s != pinned %s", event.get("id"), event.get("api_version"),
-                     STRIPE_API_VERSION)
+        # The sender's configuration, not our failure: a warning (the endpoint answers 400 and says why).
+        logger.warning("webhook %s refused: api_version %s != pinned %s", event.get("id"), event.get("api_version"),
+                       STRIPE_API_VERSION)
         raise BillingError(f"event api_version {event.get('api_version')} != {STRIPE_API_VERSION}",
                            code="STRIPE_API_VERSION_MISMATCH")
     return event

@@ -2,7 +2,10 @@
 
 Tasks take ids, call one service, and are idempotent. `webhook_process` retries with exponential
 backoff (WEBHOOK_MAX_RETRIES); after the last attempt the event is FAILED with its error kept and
-the task returns normally (staff reprocess it: admin action or `manage.py webhooks_replay`).
+the task returns normally (staff reprocess it: admin action or `manage.py webhooks_replay`). Only
+errors that may succeed later reach the retry: the service ends an event that is provably not ours
+IGNORED, and one retrying cannot fix (WebhookNotRetryable / NON_RETRYABLE_CODES) FAILED at once,
+and returns it.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from billing_project.api import json_api, parse_json_body
 from billing_project.errors import AppError
 from organizations.access import org_view
 
+from .idempotency import idempotent_request
 from .page_context import dashboard_context
 from .services import topups
 
@@ -61,6 +62,7 @@ def _purchase_json(purchase) -> dict[str, Any]:
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("credits-topup")
 def credits_topup(request: HttpRequest, membership) -> HttpResponse:
     """POST /api/billing/credits/topup {orgId, packs, useSavedCard?} -> {url} (Checkout) or the
     outcome of the saved-card charge."""
@@ -82,8 +84,10 @@ def _topup(request: HttpRequest, membership, data: dict[str, Any]):
     now = timezone.now()
     org = membership.organization
     if _flag(data.get("useSavedCard")):
+        keyed = getattr(request, "idempotency", None)  # a keyed retry re-drives the purchase it created
         purchase = topups.topup_saved_card_purchase(organization_id=org.pk, packs=data.get("packs"),
-                                                    user=request.user, now=now)
+                                                    user=request.user, now=now,
+                                                    request_idempotency_id=keyed.pk if keyed else None)
         status = 201 if purchase.status == "succeeded" else 402 if purchase.status == "failed" else 202
         return {"success": purchase.status == "succeeded", **_purchase_json(purchase)}, status
     started = topups.topup_checkout_start(organization_id=org.pk, packs=data.get("packs"), user=request.user, now=now)
@@ -106,6 +110,7 @@ def _topup_form(request: HttpRequest, membership) -> HttpResponse:
 
 @require_POST
 @org_view(require_admin=True)
+@idempotent_request("credits-auto-topup")
 def credits_auto_topup(request: HttpRequest, membership) -> HttpResponse:
     """POST /api/billing/credits/auto-topup {orgId, enabled, threshold, packs, monthlyCapPacks}."""
     if not _is_json(request):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by scripts/run.sh (before migrate): start the bundled Stripe simulator (a test double,
 # see stripe_sim/README.md) unless real Stripe settings are in the environment, export the
-# STRIPE_* settings pointing at it, and create the catalog prices (STRIPE_PRICE_* exported).
+# STRIPE_* settings pointing at it, and create the catalog prices and the billing portal configuration
+# (STRIPE_PRICE_* and STRIPE_PORTAL_CONFIGURATION exported).
 # Appends the simulator's PID to `pids` so run.sh stops it on exit.
 if [ -z "${STRIPE_SECRET_KEY:-}" ] && [ -z "${STRIPE_API_BASE:-}" ]; then
   SIM_PORT="${STRIPE_SIM_PORT:-12111}"
@@ -31,8 +32,8 @@ if [ -z "${STRIPE_SECRET_KEY:-}" ] && [ -z "${STRIPE_API_BASE:-}" ]; then
     _sim_up || { echo "Stripe simulator did not start; see .local/stripe_sim.log" >&2; exit 1; }
     echo "==> Stripe simulator (test double) on $STRIPE_API_BASE, log .local/stripe_sim.log"
   fi
-  # Prices by lookup key (idempotent; the state file keeps them across runs).
+  # Prices by lookup key, the portal configuration by metadata (idempotent; the state file keeps them).
   while IFS= read -r line; do
-    case "$line" in STRIPE_PRICE_*=*) export "$line"; echo "    $line" ;; esac
+    case "$line" in STRIPE_PRICE_*=*|STRIPE_PORTAL_CONFIGURATION=*) export "$line"; echo "    $line" ;; esac
   done < <("${PY:-.venv/bin/python}" manage.py stripe_setup)
 fi

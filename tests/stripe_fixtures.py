@@ -6,7 +6,8 @@
 - `stripe_sim` (session): a `python -m stripe_sim` subprocess on a free loopback port.
 - `stripe_settings` (function): resets the simulator, points Django settings at it
   (STRIPE_API_BASE / STRIPE_SECRET_KEY / STRIPE_WEBHOOK_SECRET, no network retries) and runs the
-  price setup (STRIPE_PRICE_* settings). Yields a `StripeTestEnv(sim, prices)`.
+  setup `stripe_setup` does (STRIPE_PRICE_* settings, the STRIPE_PORTAL_CONFIGURATION).
+  Yields a `StripeTestEnv(sim, prices)`.
 - `localstripe_server` (function): the third-party fake localstripe on a free port with its state
   file in a tmp dir (its default is a shared /tmp path), for cross-checks.
 """
@@ -140,7 +141,7 @@ class StripeTestEnv:
 def stripe_settings(stripe_sim: StripeSim, settings) -> StripeTestEnv:
     """Fresh simulator state, settings pointed at it, catalog prices created (no DB needed)."""
     from billing import stripe_gateway
-    from billing.services.checkout import stripe_prices_ensure
+    from billing.services.checkout import stripe_portal_configuration_ensure, stripe_prices_ensure
 
     stripe_sim.reset()
     stripe_sim.configure_webhooks(None, SIM_WEBHOOK_SECRET)
@@ -152,6 +153,7 @@ def stripe_settings(stripe_sim: StripeSim, settings) -> StripeTestEnv:
     prices = stripe_prices_ensure()
     for name, price_id in prices.items():
         setattr(settings, name, price_id)
+    settings.STRIPE_PORTAL_CONFIGURATION = stripe_portal_configuration_ensure()
     yield StripeTestEnv(sim=stripe_sim, prices=prices)
     stripe_gateway.reset_client()
 

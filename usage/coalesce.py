@@ -10,7 +10,8 @@ it passes the leadership to the oldest waiter. A caller alone in the queue goes 
 `action_record`, so an idle org pays nothing extra.
 
 Semantics are unchanged: the batch charges items in queue order, exactly like sequential
-requests (same rules, same bodies, replays of an idempotency key answer the first body), and if
+requests (same rules, same bodies, replays of an idempotency key answer the first body, a key
+reused for another request is 409 IDEMPOTENCY_KEY_REUSED), and if
 the batch hits the unique idempotency key (a replay racing another process; the batch rolled
 back) every item is retried on its own through `action_record`. Any other failure goes to every
 caller unchanged: it may have struck at COMMIT with the outcome unknown, so nothing is re-run.

@@ -43,8 +43,14 @@ class BillableAction(models.Model):
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     # Caller-chosen key; the same key for the same org returns the first result (unique per org,
-    # NULL = no idempotency, many allowed).
+    # NULL = no idempotency, many allowed). An opaque string compared byte for byte: the column's
+    # collation is binary and NO PAD per engine (migration 0006; an AlterField here must re-apply it).
     idempotency_key = models.CharField(max_length=IDEMPOTENCY_KEY_MAX_LENGTH, null=True, blank=True)
+    # SHA-256 hex of the request the key was first used for (usage.services.request_fingerprint:
+    # org, userId, actionTier, agentId, actionKey); the same key with another request is refused 409
+    # IDEMPOTENCY_KEY_REUSED. Written once at insert, only with a key; NULL on rows recorded before
+    # the column existed (their own columns are compared instead).
+    request_fingerprint = models.CharField(max_length=64, null=True, blank=True)
     # The API body answered when this action was recorded, replayed verbatim for its key.
     response_body = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField()

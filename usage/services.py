@@ -2,11 +2,15 @@
 
 Idempotency rests on the unique (organization, idempotency_key) constraint, not on an exists()
 check: a replay (also one racing the first request) fails its INSERT, the whole transaction -
-balance change included - rolls back, and the first row's stored body is returned.
+balance change included - rolls back, and the first row's stored body is returned. Keys are
+opaque and compared byte for byte (binary NO PAD collation, usage migration 0006), and bound to
+their request by a fingerprint stored on the row: the same key with another request is refused
+409 IDEMPOTENCY_KEY_REUSED, nothing recorded.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from billing.services.balance import (
     balance_charge_row,
     balance_check,
     balance_for_update,
+    balance_record_refusal,
     balance_update_statement,
     db_datetime,
     org_id_hex,
@@ -31,7 +36,7 @@ from billing.services.balance import (
     validate_tier,
 )
 from billing.services.topups import topup_maybe_trigger
-from billing_project.errors import InvalidRequest
+from billing_project.errors import Conflict, InvalidRequest
 
 from .models import IDEMPOTENCY_KEY_MAX_LENGTH, BillableAction
 from .rollups import rollup_statement
@@ -97,11 +102,61 @@ class BatchResult:
 
 _INSERT_COLUMNS = ["organization_id", "user_id", "tier", "credits_charged", "paid_from", "payout_cents", "agent_id",
                    "agent_name", "action_key", "description", "metadata", "period_start", "period_end",
-                   "idempotency_key", "response_body", "created_at"]
+                   "idempotency_key", "request_fingerprint", "response_body", "created_at"]
 assert set(_INSERT_COLUMNS) == {f.column for f in BillableAction._meta.concrete_fields} - {"id"}
 _TABLE = BillableAction._meta.db_table
 _ROW_PLACEHOLDER = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
 _INSERT_SQL = f"INSERT INTO {_TABLE} ({', '.join(_INSERT_COLUMNS)}) VALUES "
+# Without RETURNING (MySQL 8), the ids of the multi-row INSERT just sent: LAST_INSERT_ID() is its first
+# row's id, and while the org's balance row is locked no other writer can add rows of this org, so
+# this org's rows from that id on are exactly the inserted ones, in VALUES order (whatever
+# auto_increment_increment or the interleaved lock mode leave between them).
+_IDS_SINCE_INSERT_SQL = f"SELECT id FROM {_TABLE} WHERE organization_id = %s AND id >= LAST_INSERT_ID() ORDER BY id"
+
+
+def bulk_insert_returning() -> bool:
+    """Can a multi-row INSERT hand back its ids itself (`INSERT … RETURNING id`: MariaDB 10.5+,
+    SQLite 3.35+)? MySQL 8 cannot: its batches read them back with _IDS_SINCE_INSERT_SQL. From
+    Django's feature flag of this connection; the tests force it both ways (usage/tests/conftest.py)."""
+    return bool(connection.features.can_return_rows_from_bulk_insert) or connection.vendor != "mysql"
+
+
+# --------------------------------------------------------------------------------------------
+# Idempotency keys are bound to their request.
+
+def request_fingerprint(*, org_hex: str, user_id: str, tier: str, agent_id: str | None,
+                        action_key: str | None) -> str:
+    """SHA-256 hex of what makes a request the same request for its idempotency key (DESIGN: org,
+    user, tier, agent, actionKey). Not agentName, description or metadata: a retry may refresh those
+    (timestamps, attempt counters) and is still the same action."""
+    canonical = json.dumps([org_hex, user_id, tier, agent_id, action_key], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _fingerprint(org_hex: str, action: ActionInput) -> str:
+    return request_fingerprint(org_hex=org_hex, user_id=action.user_id, tier=action.tier, agent_id=action.agent_id,
+                               action_key=action.action_key)
+
+
+def key_reused_error() -> Conflict:
+    return Conflict("this idempotencyKey was already used for another request (userId, actionTier, agentId or "
+                    "actionKey differ); send a new key for a new action", code="IDEMPOTENCY_KEY_REUSED",
+                    extra={"field": "idempotencyKey"})
+
+
+#: What a replay reads of the row holding a key (the key itself: as stored, byte for byte).
+_STORED_FIELDS = ("idempotency_key", "pk", "response_body", "request_fingerprint", "user_id", "tier", "agent_id",
+                  "action_key")
+
+
+def _stored(org_hex: str, row: tuple) -> tuple[str, int, dict, str]:
+    """(key, action id, first body, fingerprint) of a _STORED_FIELDS row. Rows recorded before the
+    fingerprint column existed have none: it is computed from their own columns."""
+    key, pk, body, fingerprint, user_id, tier, agent_id, action_key = row
+    if fingerprint is None:
+        fingerprint = request_fingerprint(org_hex=org_hex, user_id=user_id, tier=tier, agent_id=agent_id,
+                                          action_key=action_key)
+    return key, pk, body or {}, fingerprint
 
 
 def _body(charge: ChargeResult) -> dict[str, Any]:
@@ -124,41 +179,49 @@ def _row_params(org_hex: str, action: ActionInput, charge: ChargeResult, body: d
         TIER_PAYOUT_CENTS[action.tier], action.agent_id, action.agent_name, action.action_key, action.description,
         json.dumps(action.metadata) if action.metadata is not None else None,
         db_datetime(balance.period_start), db_datetime(balance.period_end), action.idempotency_key,
+        _fingerprint(org_hex, action) if action.idempotency_key else None,
         json.dumps(body) if body is not None else None, now_db,
     ]
 
 
-def _execute_together(statements: list[tuple[str, list] | None]) -> tuple[int | None, list, list[int]]:
+def _execute_together(statements: list[tuple[str, list] | None]) -> tuple[int | None, list[list], list[int]]:
     """Run (sql, params) statements in order (None entries skipped): on MariaDB/MySQL as one
     multi-statement round trip (mysqlclient connects with CLIENT_MULTI_STATEMENTS; every value is
     still escaped by the driver), elsewhere one by one. Returns the first statement's lastrowid,
-    its fetched rows (e.g. INSERT … RETURNING) and every statement's rowcount."""
+    every statement's fetched rows (e.g. of INSERT … RETURNING or a SELECT; [] if none) and every
+    statement's rowcount."""
     todo = [st for st in statements if st is not None]
+    multi = connection.vendor == "mysql"
     counts: list[int] = []
+    rows: list[list] = []
     with connection.cursor() as cursor:
-        if connection.vendor == "mysql":
+        if multi:
             cursor.execute("; ".join(sql for sql, _ in todo), [p for _, params in todo for p in params])
         else:
             cursor.execute(*todo[0])
         first_id = cursor.lastrowid
-        rows = list(cursor.fetchall()) if cursor.description else []
-        counts.append(cursor.rowcount)
-        for sql, params in todo[1:]:
-            if connection.vendor == "mysql":
-                cursor.nextset()
-            else:
-                cursor.execute(sql, params)
+        for n, (sql, params) in enumerate(todo):
+            if n:
+                if multi:
+                    cursor.nextset()
+                else:
+                    cursor.execute(sql, params)
+            rows.append(list(cursor.fetchall()) if cursor.description else [])
             counts.append(cursor.rowcount)
     return first_id, rows, counts
 
 
-def _replay(*, org_hex: str, idempotency_key: str) -> RecordResult | None:
-    row = (BillableAction.objects.filter(organization_id=org_hex, idempotency_key=idempotency_key)
-           .values_list("pk", "response_body").first())
+def _replay(*, org_hex: str, action: ActionInput) -> RecordResult | None:
+    """The first result of `action`'s key, None if the key is unused; Conflict IDEMPOTENCY_KEY_REUSED
+    (409) if the key was used for another request. The lookup compares like the unique key (binary)."""
+    row = (BillableAction.objects.filter(organization_id=org_hex, idempotency_key=action.idempotency_key)
+           .values_list(*_STORED_FIELDS).first())
     if row is None:
         return None
-    pk, body = row
-    return RecordResult(action_id=pk, created=False, body={**(body or {}), "actionId": pk})
+    _, pk, body, fingerprint = _stored(org_hex, row)
+    if fingerprint != _fingerprint(org_hex, action):
+        raise key_reused_error()
+    return RecordResult(action_id=pk, created=False, body={**body, "actionId": pk})
 
 
 def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.datetime, agent_id: str | None = None,
@@ -191,16 +254,18 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
             if charge.auto_topup_due:  # below the auto top-up threshold: intent row + task on commit (cheap)
                 topup_maybe_trigger(balance=charge.balance, now=now)
     except IntegrityError:
-        replay = _replay(org_hex=org_hex, idempotency_key=idempotency_key) if idempotency_key else None
+        replay = _replay(org_hex=org_hex, action=action) if idempotency_key else None
         if replay is None:
             raise
         return replay
     except BillingError as exc:
-        # A replay of an accepted action must answer its first body even once credits ran out.
+        # A replay of an accepted action must answer its first body even once credits ran out
+        # (and a key reused for another request is 409, not 402).
         if idempotency_key and exc.code == "CREDITS_EXHAUSTED":
-            replay = _replay(org_hex=org_hex, idempotency_key=idempotency_key)
+            replay = _replay(org_hex=org_hex, action=action)
             if replay is not None:
                 return replay
+        balance_record_refusal(error=exc, now=now)  # first refusal of the tier this period: blocked_at + email
         raise
     return RecordResult(action_id=action_id, created=True, body={"success": True, "actionId": action_id, **body})
 
@@ -241,16 +306,17 @@ def _record_fast(*, org_hex: str, action: ActionInput, now: dt.datetime) -> Reco
                 logger.error("fast path: balance UPDATE matched %s rows for org %s", updated, org_hex)
         except IntegrityError:
             cursor.execute("ROLLBACK")
-            replay = _replay(org_hex=org_hex, idempotency_key=action.idempotency_key) if action.idempotency_key else None
+            replay = _replay(org_hex=org_hex, action=action) if action.idempotency_key else None
             if replay is None:
                 raise
             return replay
         except BillingError as exc:
             cursor.execute("ROLLBACK")
             if action.idempotency_key and exc.code == "CREDITS_EXHAUSTED":
-                replay = _replay(org_hex=org_hex, idempotency_key=action.idempotency_key)
+                replay = _replay(org_hex=org_hex, action=action)
                 if replay is not None:
                     return replay
+            balance_record_refusal(error=exc, now=now)  # after the ROLLBACK; no I/O once recorded
             raise
         finally:
             if not committed:
@@ -264,8 +330,10 @@ def _record_fast(*, org_hex: str, action: ActionInput, now: dt.datetime) -> Reco
 def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], now: dt.datetime) -> BatchResult:
     """Record up to MAX_BATCH_ACTIONS actions in one transaction: one balance lock, one UPDATE,
     one multi-row INSERT. Items are charged in order, as if sent one by one: each gets 201 (its
-    record body), 200 (idempotent replay: the first body) or 402 (refused, nothing recorded).
-    Any invalid item refuses the whole batch (400) before anything is written."""
+    record body), 200 (idempotent replay: the first body), 402 (refused, nothing recorded) or 409
+    IDEMPOTENCY_KEY_REUSED (its key was recorded for another request, before or earlier in this
+    batch; nothing recorded). Refused items count in `refused`. Any invalid item refuses the whole
+    batch (400) before anything is written."""
     if not actions:
         raise InvalidRequest("actions must be a non-empty list", extra={"field": "actions"})
     if len(actions) > MAX_BATCH_ACTIONS:
@@ -278,79 +346,85 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
             raise
     org_hex = org_id_hex(organization_id)
     now_db = db_datetime(now)
+    prints = [_fingerprint(org_hex, a) if a.idempotency_key else None for a in actions]
     with transaction.atomic():
         balance = balance_for_update(organization_id=org_hex, now=now)
         # Under the balance lock no other writer can add rows for this org, so this read is exact;
         # the unique constraint still backs it (an IntegrityError aborts the batch, nothing kept).
+        # Keys come back byte for byte as stored, and the column compares them bytewise, so these
+        # dicts agree with the unique key (no two keys differing in case or trailing spaces merge).
         keys = list({a.idempotency_key for a in actions if a.idempotency_key})
-        existing: dict[str, tuple[int, dict]] = {}
+        existing: dict[str, tuple[int, dict, str]] = {}  # key -> (action id, first body, fingerprint)
         if keys:
-            for pk, key, body in (BillableAction.objects.filter(organization_id=org_hex, idempotency_key__in=keys)
-                                  .values_list("pk", "idempotency_key", "response_body")):
-                existing[key] = (pk, body or {})
-        to_charge: list[int] = []
-        first_in_batch: dict[str, int] = {}
-        for i, action in enumerate(actions):
-            key = action.idempotency_key
-            if key and (key in existing or key in first_in_batch):
-                continue
-            if key:
-                first_in_batch[key] = i
-            to_charge.append(i)
-        charges = balance_charge_many(balance=balance, tiers=[actions[i].tier for i in to_charge], now=now,
-                                      write=False)
-        update = balance_update_statement(balance, now=now)
+            for row in (BillableAction.objects.filter(organization_id=org_hex, idempotency_key__in=keys)
+                        .values_list(*_STORED_FIELDS)):
+                key, pk, body, fingerprint = _stored(org_hex, row)
+                existing[key] = (pk, body, fingerprint)
         items: list[dict[str, Any] | None] = [None] * len(actions)
+        bound: dict[str, int] = {}      # key -> the item of this batch recorded with it
+        replay_of: dict[int, int] = {}  # item -> the earlier item of this batch it replays
         params: list[Any] = []
         inserted: list[int] = []
-        refused = 0
-        for i, charge in zip(to_charge, charges, strict=True):
+        rollup_rows: list[tuple[str, str, Any]] = []
+        refused = replayed = 0
+        # In order, as if sent one by one: a key already recorded (before or earlier in this batch)
+        # replays for the same request and is refused 409 for another; a refused item binds nothing.
+        for i, action in enumerate(actions):
+            key = action.idempotency_key
+            if key and (key in existing or key in bound):
+                if key in existing:
+                    pk, body, fingerprint = existing[key]
+                else:
+                    fingerprint = prints[bound[key]]
+                if fingerprint != prints[i]:
+                    items[i] = {"index": i, "status": 409, **key_reused_error().to_dict()}
+                    refused += 1
+                elif key in existing:
+                    items[i] = {"index": i, "status": 200, **body, "actionId": pk}
+                    replayed += 1
+                else:
+                    replay_of[i] = bound[key]
+                    replayed += 1
+                continue
+            (charge,) = balance_charge_many(balance=balance, tiers=[action.tier], now=now, write=False)
             if isinstance(charge, BillingError):
                 items[i] = {"index": i, "status": charge.http_status, **charge.to_dict()}
                 refused += 1
-                first_in_batch.pop(actions[i].idempotency_key or "", None)
                 continue
             body = _body(charge)
             items[i] = {"index": i, "status": 201, **body}
-            params += _row_params(org_hex, actions[i], charge, body if actions[i].idempotency_key else None, now_db)
+            params += _row_params(org_hex, action, charge, body if key else None, now_db)
+            rollup_rows.append((action.user_id, action.tier, charge.credits_charged))
             inserted.append(i)
+            if key:
+                bound[key] = i
+        update = balance_update_statement(balance, now=now)
         if inserted:
-            # The multi-row INSERT, the balance UPDATE and the rollup upsert: one round trip.
-            sql = _INSERT_SQL + ", ".join([_ROW_PLACEHOLDER] * len(inserted)) + " RETURNING id"
-            _, returned, counts = _execute_together([
-                (sql, params),
+            # The multi-row INSERT, the balance UPDATE and the rollup upsert: one round trip; the ids
+            # come from RETURNING where the engine has it, else from a SELECT in the same trip.
+            sql = _INSERT_SQL + ", ".join([_ROW_PLACEHOLDER] * len(inserted))
+            returning = bulk_insert_returning()
+            _, results, counts = _execute_together([
+                (sql + " RETURNING id", params) if returning else (sql, params),
+                None if returning else (_IDS_SINCE_INSERT_SQL, [org_hex]),
                 update,
-                rollup_statement(org_hex=org_hex, now=now, rows=[
-                    (actions[i].user_id, actions[i].tier, charge.credits_charged)
-                    for i, charge in zip(to_charge, charges, strict=True) if not isinstance(charge, BillingError)]),
+                rollup_statement(org_hex=org_hex, now=now, rows=rollup_rows),
             ])
-            if counts[1] != 1:
-                raise RuntimeError(f"balance UPDATE matched {counts[1]} rows for org {org_hex}")
-            for i, row in zip(inserted, returned, strict=True):
-                items[i]["actionId"] = row[0]
+            ids = [row[0] for row in results[0 if returning else 1]]
+            update_count = counts[1 if returning else 2]
+            if update_count != 1:
+                raise RuntimeError(f"balance UPDATE matched {update_count} rows for org {org_hex}")
+            if len(ids) != len(inserted):  # impossible under the lock; never answer a wrong id
+                raise RuntimeError(f"{len(inserted)} actions inserted for org {org_hex}, {len(ids)} ids read back")
+            for i, action_id in zip(inserted, ids, strict=True):
+                items[i]["actionId"] = action_id
         elif update is not None:  # nothing accepted; only warning timestamps may have changed
             _execute_together([update])
         if inserted:
             if balance.auto_topup_enabled:  # the trigger checks the threshold on the locked row itself
                 topup_maybe_trigger(balance=balance, now=now)
-    replayed = 0
-    for i, action in enumerate(actions):
-        if items[i] is not None:
-            continue
-        key = action.idempotency_key
-        if key in existing:
-            pk, body = existing[key]
-            items[i] = {"index": i, "status": 200, **body, "actionId": pk}
-        elif key in first_in_batch:
-            first = items[first_in_batch[key]]
-            items[i] = {**first, "index": i, "status": 200}
-        else:  # the first item with this key was refused: this one is refused the same way
-            first = next(it for j, it in enumerate(items) if it is not None and j < i
-                         and actions[j].idempotency_key == key)
-            items[i] = {**first, "index": i}
-            refused += 1
-            continue
-        replayed += 1
+    for i, first in replay_of.items():
+        items[i] = {**items[first], "index": i, "status": 200}
     return BatchResult(recorded=len(inserted), replayed=replayed, refused=refused, items=items)  # type: ignore[arg-type]
 
 

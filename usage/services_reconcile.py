@@ -3,7 +3,8 @@
 The facts are `billable_actions` (usage) and credit purchases/grants whose credits were applied
 (billing). For one org with balance `b` (period P = b.period_start), the rebuilt values are:
 
-    included_T            = PLANS[b.plan_tier].included[T]
+    included_T            = PLANS[b.plan_tier].included[T]  (or, after an upgrade within P, the
+                            prorated allowances billing recorded for P: AllowanceChange)
     used_T / overage_T    = COUNT(actions of P, tier T, paid from plan / overage)
     topup_purchased       = SUM(credits of purchases with credits_applied_at set)       (all time)
     overage_credits_owed  = O - S                                                         (all time)
@@ -46,7 +47,7 @@ from django.db import IntegrityError, connection, transaction
 from billing.logging import log_money
 from billing.models import CreditBalance, CreditPurchase
 from billing.plans import PLANS, TIERS
-from billing.services.balance import balance_for_update
+from billing.services.balance import allowances_in_effect, balance_for_update
 from organizations.models import Organization
 
 from .models import BillableAction
@@ -87,12 +88,13 @@ class OrgFacts:
     def has_any(self) -> bool:
         return bool(self.action_count or self.purchase_count)
 
-    def expected(self, *, plan_tier: str) -> dict[str, Any]:
-        """The rebuilt value of every COUNTER_FIELDS column for a balance on `plan_tier`."""
+    def expected(self, *, plan_tier: str, included: dict[str, int] | None = None) -> dict[str, Any]:
+        """The rebuilt value of every COUNTER_FIELDS column for a balance on `plan_tier`; `included`:
+        the period's allowances when an upgrade within it prorated them (billing's AllowanceChange)."""
         out: dict[str, Any] = {}
         plan = PLANS[plan_tier]
         for t in TIERS:
-            out[f"included_{t}"] = plan.included[t]
+            out[f"included_{t}"] = included[t] if included is not None else plan.included[t]
         for t in TIERS:
             out[f"used_{t}"] = self.used[t]
         for t in TIERS:
@@ -211,14 +213,14 @@ def org_facts(organization_ids: list[uuid.UUID]) -> dict[uuid.UUID, OrgFacts]:
 
 
 def balance_drifts(*, organization: tuple[uuid.UUID, str], balance: CreditBalance | None,
-                   facts: OrgFacts) -> list[Drift]:
+                   facts: OrgFacts, included: dict[str, int] | None = None) -> list[Drift]:
     """Compare one cached balance with what its facts say. No balance: a drift only if facts exist."""
     org_id, slug = organization
     if balance is None:
         if facts.has_any:
             return [Drift(org_id, slug, MISSING_BALANCE, None, "present")]
         return []
-    expected = facts.expected(plan_tier=balance.plan_tier)
+    expected = facts.expected(plan_tier=balance.plan_tier, included=included)
     return [Drift(org_id, slug, name, getattr(balance, name), expected[name])
             for name in COUNTER_FIELDS if getattr(balance, name) != expected[name]]
 
@@ -255,10 +257,12 @@ def reconcile_orgs(*, now: dt.datetime, org_slug: str | None = None, fix: bool =
         drifted: list[tuple[uuid.UUID, str]] = []
         with _one_snapshot():
             balances = {b.organization_id: b for b in CreditBalance.objects.filter(organization_id__in=ids)}
+            allowances = allowances_in_effect(balances=list(balances.values()))
             facts = org_facts(ids)
             rollups = rollup_drifts(ids)
         for org in orgs:
-            drifts = balance_drifts(organization=org, balance=balances.get(org[0]), facts=facts[org[0]])
+            drifts = balance_drifts(organization=org, balance=balances.get(org[0]), facts=facts[org[0]],
+                                    included=allowances.get(org[0]))
             drifts += _rollup_drifts(organization=org, buckets=rollups.get(org[0], []))
             report.checked_orgs += 1
             if not drifts:
@@ -320,7 +324,8 @@ def balance_rebuild(*, organization_id: uuid.UUID, now: dt.datetime, actor: str 
         balance = balance_for_update(organization_id=organization_id, now=now)
         # Re-aggregated inside the lock: every writer of facts for this org holds it.
         facts = org_facts([organization_id])[organization_id]
-        expected = facts.expected(plan_tier=balance.plan_tier)
+        expected = facts.expected(plan_tier=balance.plan_tier,
+                                  included=allowances_in_effect(balances=[balance]).get(balance.organization_id))
         changed = [name for name in COUNTER_FIELDS if getattr(balance, name) != expected[name]]
         if changed:
             for name in changed:
@@ -406,7 +411,7 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
                                       "local": f"{sub.organization.subscription_tier}/{sub.organization.subscription_status}",
                                       "stripe": f"{sub.plan_tier}/{sub.status}"})
         try:
-            remote = _stripe_view(stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id))
+            remote = _stripe_view(stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id).obj)
         except BillingError as exc:
             report.errors.append({**base, "error": exc.code, "message": exc.message})
             continue

@@ -124,7 +124,8 @@ def usage_record(request: HttpRequest):
 @json_api
 def usage_record_batch(request: HttpRequest):
     """POST {orgId, actions:[…≤1000]} -> 200 {success, recorded, replayed, refused, results:[{index,
-    status, …}]}; per item 201 (recorded), 200 (replay) or 402 (refused). A bad item -> 400, nothing recorded."""
+    status, …}]}; per item 201 (recorded), 200 (replay), 402 (refused) or 409 IDEMPOTENCY_KEY_REUSED (its key
+    was used for another request; refused). A bad item -> 400, nothing recorded."""
     _method(request, "POST")
     caller = _authenticate(request)
     data = parse_json_body(request, max_bytes=BATCH_MAX_BODY_BYTES)

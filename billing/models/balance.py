@@ -23,7 +23,7 @@ from ..plans import (
 __all__ = ["CreditBalance", "WARNING_KINDS"]
 
 #: Warning kinds with a per-tier cooldown timestamp (`warned_<kind>_<tier>_at`).
-WARNING_KINDS: tuple[str, ...] = ("80", "100", "overage")
+WARNING_KINDS: tuple[str, ...] = ("80", "100", "overage", "blocked")
 
 _ZERO = Decimal("0.00")
 
@@ -91,6 +91,22 @@ class CreditBalance(models.Model):
     warned_overage_medium_at = models.DateTimeField(null=True, blank=True)
     warned_overage_large_at = models.DateTimeField(null=True, blank=True)
     warned_overage_xl_at = models.DateTimeField(null=True, blank=True)
+    # Last time the tier_blocked email was queued per tier (same cooldown as the warnings above).
+    # Written by balance_record_refusal / a refused batch item; kept across periods.
+    warned_blocked_small_at = models.DateTimeField(null=True, blank=True)
+    warned_blocked_medium_at = models.DateTimeField(null=True, blank=True)
+    warned_blocked_large_at = models.DateTimeField(null=True, blank=True)
+    warned_blocked_xl_at = models.DateTimeField(null=True, blank=True)
+
+    # First refusal (402 CREDITS_EXHAUSTED) of the tier in this period, while it stays blocked:
+    # "blocked since" on the dashboard. Set once per period by a conditional UPDATE (… WHERE
+    # blocked_<tier>_at IS NULL) after the refused charge rolled back, or in a batch's own UPDATE;
+    # cleared by the tier's next accepted action, by a purchase or plan change that unblocks it,
+    # and by a period reset. Not a fact: reconcile neither reads nor rebuilds it.
+    blocked_small_at = models.DateTimeField(null=True, blank=True)
+    blocked_medium_at = models.DateTimeField(null=True, blank=True)
+    blocked_large_at = models.DateTimeField(null=True, blank=True)
+    blocked_xl_at = models.DateTimeField(null=True, blank=True)
 
     # Bumped by every write (optimistic checks, debugging); updated_at is the service's `now`.
     version = models.PositiveBigIntegerField(default=0)
@@ -124,6 +140,9 @@ class CreditBalance(models.Model):
 
     def overage(self, tier: str) -> int:
         return getattr(self, f"overage_{tier}")
+
+    def blocked_at(self, tier: str):
+        return getattr(self, f"blocked_{tier}_at")
 
     def plan_remaining(self, tier: str) -> int:
         return max(self.included(tier) - self.used(tier), 0)

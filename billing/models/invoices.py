@@ -41,6 +41,9 @@ class Invoice(models.Model):
     # Mirror of Stripe's invoice status.
     status = models.CharField(max_length=16, choices=InvoiceStatus.choices)
     type = models.CharField(max_length=16, choices=InvoiceType.choices, default=InvoiceType.SUBSCRIPTION)
+    # Stripe's `billing_reason` (subscription_create / subscription_cycle / subscription_update / manual …).
+    # A `subscription_update` invoice of a pending upgrade is not dunned: unpaid, Stripe discards the change.
+    billing_reason = models.CharField(max_length=40, blank=True, default="")
     hosted_invoice_url = models.CharField(max_length=1000, blank=True, default="")
     invoice_pdf = models.CharField(max_length=1000, blank=True, default="")
     period_start = models.DateTimeField(null=True, blank=True)

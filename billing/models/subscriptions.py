@@ -65,7 +65,21 @@ class Subscription(models.Model):
     grace_ending_notified_at = models.DateTimeField(null=True, blank=True)
     # Stripe event `created` (unix seconds) of the newest state applied to this row. An event older
     # than this never overwrites the row (out-of-order delivery). 0 = written from a direct API read.
+    # Fresh API reads count too: they advance it to the read's time (Stripe's `Date` header).
     last_event_created = models.BigIntegerField(default=0)
+    # The invoice stream's own mark (dunning): `created` of the newest invoice payment event applied to
+    # the grace period. Kept apart from last_event_created (one ordering rule per object stream); a
+    # subscription state older than this cannot end a grace period the invoice stream started.
+    dunning_event_created = models.BigIntegerField(default=0)
+    # An upgrade Stripe holds back until its proration invoice is paid (payment_behavior=
+    # pending_if_incomplete, Stripe's `pending_update`): the plan asked for, when it was asked (Stripe
+    # time: the proration starts there), and when Stripe discards it. "" = none pending; plan_tier is
+    # unchanged meanwhile (allowances change only once Stripe applies it).
+    pending_update_plan_tier = models.CharField(max_length=16, blank=True, default="",
+                                                choices=[("", "None")] + [c for c in PlanTier.choices
+                                                                          if c[0] != "free"])
+    pending_update_at = models.DateTimeField(null=True, blank=True)
+    pending_update_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
@@ -79,6 +93,7 @@ class Subscription(models.Model):
             models.CheckConstraint(condition=Q(plan_tier__in=[PlanTier.STARTER, PlanTier.PRO, PlanTier.MAX]),
                                    name="subscription_plan_tier_paid"),
             models.CheckConstraint(condition=Q(last_event_created__gte=0), name="subscription_last_event_nonneg"),
+            models.CheckConstraint(condition=Q(dunning_event_created__gte=0), name="subscription_dunning_event_nonneg"),
             models.CheckConstraint(condition=Q(pending_plan_tier__in=["", PlanTier.STARTER, PlanTier.PRO]),
                                    name="subscription_pending_plan_tier_valid"),
         ]

@@ -16,7 +16,7 @@ class WebhookEventStatus(models.TextChoices):
     PENDING = "pending", "Pending"        # stored, not (successfully) processed yet; retries may be running
     PROCESSED = "processed", "Processed"  # a handler applied it (or found it stale / already applied)
     FAILED = "failed", "Failed"           # the last retry failed; `error` says why; staff can reprocess
-    IGNORED = "ignored", "Ignored"        # a type we do not handle; stored for the audit trail
+    IGNORED = "ignored", "Ignored"        # a type we do not handle, or provably not ours (`error` says why)
 
 
 class WebhookEvent(models.Model):
@@ -30,7 +30,8 @@ class WebhookEvent(models.Model):
     payload = models.JSONField()
     # pending -> processed | ignored | failed; failed -> pending again on staff reprocessing.
     status = models.CharField(max_length=16, choices=WebhookEventStatus.choices, default=WebhookEventStatus.PENDING)
-    # Last processing error (class and message), kept after the final retry. Empty when none.
+    # Last processing error (class/code and message), kept after the final retry; for an event ignored as
+    # not ours, the reason. Empty when none.
     error = models.TextField(blank=True, default="")
     # Processing attempts that failed so far (bounded by the task's max_retries).
     retry_count = models.PositiveIntegerField(default=0)

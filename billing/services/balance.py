@@ -31,13 +31,13 @@ from typing import Any
 
 from dateutil.relativedelta import relativedelta
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 
 from billing_project.errors import NotFound
 from organizations.models import Organization, PlanTier
 
 from ..errors import BillingError
-from ..models import CreditBalance
+from ..models import AllowanceChange, CreditBalance
 from ..notifications import notify_org_admins
 from ..plans import PLANS, TIER_CREDIT_COST, TIERS, plan_for, soft_limit_buffer
 
@@ -64,8 +64,10 @@ class Warning_:  # noqa: N801 - the API's warning values, not Python's Warning
 EMAIL_USAGE_80 = "usage_80"
 EMAIL_USAGE_100 = "usage_100"
 EMAIL_OVERAGE = "overage"
+EMAIL_TIER_BLOCKED = "tier_blocked"
 _EMAIL_FIELD = {EMAIL_USAGE_80: "warned_80_{tier}_at", EMAIL_USAGE_100: "warned_100_{tier}_at",
-                EMAIL_OVERAGE: "warned_overage_{tier}_at"}
+                EMAIL_OVERAGE: "warned_overage_{tier}_at", EMAIL_TIER_BLOCKED: "warned_blocked_{tier}_at"}
+_BLOCKED_FIELDS = tuple(f"blocked_{t}_at" for t in TIERS)
 
 
 @dataclass(frozen=True)
@@ -216,12 +218,24 @@ def _set_included(balance: CreditBalance, plan_tier: str) -> None:
     _mark(balance, "plan_tier", plan_tier)
     for t in TIERS:
         _mark(balance, f"included_{t}", plan.included[t])
+    _clear_unblocked(balance)
 
 
 def _reset_usage(balance: CreditBalance) -> None:
     for t in TIERS:
         _mark(balance, f"used_{t}", 0)
         _mark(balance, f"overage_{t}", 0)
+        if balance.blocked_at(t) is not None:  # a new period: nothing is blocked yet
+            _mark(balance, f"blocked_{t}_at", None)
+
+
+def _clear_unblocked(balance: CreditBalance) -> None:
+    """Forget the block of every tier whose next action would now be accepted (a purchase, a plan
+    change, or credits still there), so "blocked since" and the next refusal's record stay true.
+    In memory (caller saves); free unless some tier is marked blocked."""
+    for t, attname in zip(TIERS, _BLOCKED_FIELDS, strict=True):
+        if getattr(balance, attname) is not None and _decide(balance, t) is not None:
+            _mark(balance, attname, None)
 
 
 def _roll_if_due(balance: CreditBalance, *, now: dt.datetime, org_created_at: dt.datetime | None = None) -> bool:
@@ -329,6 +343,13 @@ def _decide(balance: CreditBalance, tier: str) -> tuple[str, Decimal, str | None
     return None
 
 
+def next_paid_from(balance: CreditBalance, tier: str) -> str | None:
+    """Where the next action of `tier` would be paid from ("plan" | "credits" | "overage"), or None
+    when it would be refused (the tier is blocked)."""
+    decision = _decide(balance, tier)
+    return decision[0] if decision is not None else None
+
+
 def validate_tier(tier: Any) -> str:
     if not isinstance(tier, str) or tier not in TIER_CREDIT_COST:
         raise BillingError(f"actionTier must be one of {', '.join(TIERS)}", code="INVALID_ACTION_TIER",
@@ -365,6 +386,19 @@ def credits_exhausted_error(balance: CreditBalance, tier: str) -> BillingError:
     )
 
 
+def _email_context(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime) -> dict[str, Any]:
+    context = {
+        "tier": tier, "used": balance.used(tier), "included": balance.included(tier),
+        "overage": balance.overage(tier), "topup_remaining": str(balance.topup_remaining),
+        "period_end": balance.period_end.isoformat(),
+    }
+    if kind == EMAIL_TIER_BLOCKED:
+        context.update(blocked_at=now.isoformat(), limit=buffer_actions(balance, tier),
+                       credit_cost=str(TIER_CREDIT_COST[tier]), owed=str(balance.overage_credits_owed),
+                       suggested_plan=_next_plan(balance.plan_tier))
+    return context
+
+
 def _maybe_email(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime, notify: bool = True) -> None:
     attname = _EMAIL_FIELD[kind].format(tier=tier)
     last = getattr(balance, attname)
@@ -374,19 +408,20 @@ def _maybe_email(balance: CreditBalance, *, kind: str, tier: str, now: dt.dateti
     balance._email_due = True
     if not notify:
         return
-    notify_org_admins(organization_id=balance.organization_id, kind=kind, context={
-        "tier": tier, "used": balance.used(tier), "included": balance.included(tier),
-        "overage": balance.overage(tier), "topup_remaining": str(balance.topup_remaining),
-        "period_end": balance.period_end.isoformat(),
-    })
+    notify_org_admins(organization_id=balance.organization_id, kind=kind,
+                      context=_email_context(balance, kind=kind, tier=tier, now=now))
 
 
 def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime, notify: bool = True) -> ChargeResult:
     """Charge one action in memory (caller holds the lock and saves). Raises CREDITS_EXHAUSTED.
     notify=False: a due warning email is only flagged (balance._email_due), not queued."""
+    if balance.blocked_small_at or balance.blocked_medium_at or balance.blocked_large_at or balance.blocked_xl_at:
+        _clear_unblocked(balance)
     decision = _decide(balance, tier)
     if decision is None:
-        raise credits_exhausted_error(balance, tier)
+        error = credits_exhausted_error(balance, tier)
+        error.refused_balance = balance  # for balance_record_refusal, once the caller rolled back
+        raise error
     paid_from, cost, warning = decision
     if paid_from == PaidFrom.PLAN:
         before, included = balance.used(tier), balance.included(tier)
@@ -458,9 +493,52 @@ def balance_charge_many(*, balance: CreditBalance, tiers: list[str], now: dt.dat
             out.append(_apply(balance, tier, now=now))
         except BillingError as exc:
             out.append(exc)
+            if exc.code == "CREDITS_EXHAUSTED" and balance.blocked_at(tier) is None:
+                # This transaction commits (other items were charged): the block goes in its UPDATE.
+                _mark(balance, f"blocked_{tier}_at", now)
+                _maybe_email(balance, kind=EMAIL_TIER_BLOCKED, tier=tier, now=now)
     if write:
         _save_changes(balance, now=now)
     return out
+
+
+def balance_record_refusal(*, error: BillingError, now: dt.datetime) -> bool:
+    """Record a refused action (402 CREDITS_EXHAUSTED from balance_charge / balance_charge_row) once
+    its transaction rolled back: the first refusal of the tier in the period sets blocked_<tier>_at
+    and queues the tier_blocked email to the admins (BILLING_WARNING_COOLDOWN_HOURS per tier, like
+    the warnings). Returns True when this call recorded the block.
+
+    Cheap on the hot path: a refusal whose locked read already showed the tier blocked does no I/O;
+    the first one is a conditional UPDATE (… WHERE blocked_<tier>_at IS NULL and the row is still
+    in the state that was refused, so a purchase landing meanwhile is not overwritten by a stale
+    block), then, if it won, a second conditional UPDATE that claims the email's cooldown slot.
+    Concurrent first refusals: one UPDATE matches, one email."""
+    balance: CreditBalance | None = getattr(error, "refused_balance", None)
+    tier = (error.extra or {}).get("actionTier")
+    if balance is None or tier not in TIER_CREDIT_COST or balance.blocked_at(tier) is not None:
+        return False
+    rows = CreditBalance.objects.filter(
+        pk=balance.pk, period_start=balance.period_start, plan_tier=balance.plan_tier,
+        **{f"blocked_{tier}_at__isnull": True, f"included_{tier}": balance.included(tier),
+           f"used_{tier}__gte": balance.included(tier), f"overage_{tier}__gte": buffer_actions(balance, tier)},
+        topup_purchased__lt=models.F("topup_used") + TIER_CREDIT_COST[tier])
+    cutoff = now - dt.timedelta(hours=settings.BILLING_WARNING_COOLDOWN_HOURS)
+    warned = f"warned_blocked_{tier}_at"
+    try:
+        with transaction.atomic():
+            if not rows.update(**{f"blocked_{tier}_at": now}, version=models.F("version") + 1, updated_at=now):
+                return False
+            emailed = (CreditBalance.objects.filter(pk=balance.pk)
+                       .filter(models.Q(**{f"{warned}__isnull": True}) | models.Q(**{f"{warned}__lte": cutoff}))
+                       .update(**{warned: now}))
+            if emailed:  # queued on commit, through the Celery task, like the warnings
+                notify_org_admins(organization_id=balance.organization_id, kind=EMAIL_TIER_BLOCKED,
+                                  context=_email_context(balance, kind=EMAIL_TIER_BLOCKED, tier=tier, now=now))
+    except DatabaseError:  # the caller's 402 still goes out; the next refusal tries again
+        logger.exception("could not record the %s block of org %s", tier, balance.organization_id)
+        return False
+    logger.info("tier blocked org=%s tier=%s at=%s emailed=%s", balance.organization_id, tier, now, bool(emailed))
+    return True
 
 
 def balance_check(*, organization_id: Any, tier: str, now: dt.datetime) -> CheckResult:
@@ -493,6 +571,12 @@ def balance_set_plan(*, organization_id: Any, plan_tier: str, now: dt.datetime,
         if reset_usage:
             start = period_start or now
             end = period_end or (start + relativedelta(months=1))
+            if start < balance.period_start and plan_tier == balance.plan_tier:
+                # Periods never move back: the same plan's earlier period is older news (a delayed
+                # event); resetting to it would drop this period's usage.
+                logger.info("balance org=%s: earlier period %s of plan %s ignored (period %s applied)",
+                            balance.organization_id, start, plan_tier, balance.period_start)
+                return balance
             if start != balance.period_start:
                 _reset_usage(balance)
             _mark(balance, "period_start", start)
@@ -511,6 +595,67 @@ def balance_set_plan(*, organization_id: Any, plan_tier: str, now: dt.datetime,
     return balance
 
 
+def prorated_included(*, from_plan: str, plan_tier: str, base: dict[str, int], period_start: dt.datetime,
+                      period_end: dt.datetime, effective_at: dt.datetime) -> dict[str, int]:
+    """The allowances after an upgrade inside a period: `base` (what the period had) plus each tier's
+    added allowance (new plan's included - old plan's) prorated by the time left, rounded up — as
+    Stripe prorates the price: ceil(added * left / period), in whole seconds."""
+    length = max(1, int((period_end - period_start).total_seconds()))
+    left = min(length, max(0, int((period_end - effective_at).total_seconds())))
+    out = {}
+    for t in TIERS:
+        added = max(0, PLANS[plan_tier].included[t] - PLANS[from_plan].included[t])
+        out[t] = min(PLANS[plan_tier].included[t], base[t] + -(-added * left // length))
+    return out
+
+
+def allowances_in_effect(*, balances: list[CreditBalance]) -> dict[Any, dict[str, int]]:
+    """org id -> the allowances an upgrade within the balance's current period left it with (the
+    recorded AllowanceChange for that period and plan), for the balances that have one. One query."""
+    if not balances:
+        return {}
+    wanted = {(b.organization_id, b.period_start, b.plan_tier) for b in balances}
+    rows = AllowanceChange.objects.filter(organization_id__in=[b.organization_id for b in balances],
+                                          period_start__in={b.period_start for b in balances})
+    return {row.organization_id: row.included() for row in rows
+            if (row.organization_id, row.period_start, row.to_plan_tier) in wanted}
+
+
+def balance_upgrade_prorated(*, organization_id: Any, from_plan: str, plan_tier: str, period_start: dt.datetime,
+                             period_end: dt.datetime, effective_at: dt.datetime, now: dt.datetime,
+                             included: dict[str, int] | None = None) -> dict[str, int]:
+    """Upgrade within the balance's current period: used counts kept, allowances = `included` if given
+    (a recorded change, replayed) else `prorated_included` from the balance's allowances now. A balance
+    in another period (the upgrade came with a new period) gets the plan's full allowance instead.
+    Returns the allowances set."""
+    if plan_tier not in PLANS or from_plan not in PLANS:
+        raise BillingError(f"unknown plan {plan_tier!r}/{from_plan!r}", code="INVALID_PLAN")
+    with transaction.atomic():
+        balance = balance_for_update(organization_id=organization_id, now=now)
+        if balance.period_start != period_start:
+            logger.info("balance org=%s: upgrade to %s with another period %s (balance %s): full allowance",
+                        balance.organization_id, plan_tier, period_start, balance.period_start)
+            if period_start > balance.period_start:
+                _reset_usage(balance)
+                _mark(balance, "period_start", period_start)
+            _mark(balance, "period_end", period_end)
+            _set_included(balance, plan_tier)
+            _save_changes(balance, now=now)
+            return {t: balance.included(t) for t in TIERS}
+        if included is None:
+            included = prorated_included(from_plan=from_plan, plan_tier=plan_tier,
+                                         base={t: balance.included(t) for t in TIERS}, period_start=period_start,
+                                         period_end=period_end, effective_at=effective_at)
+        _mark(balance, "plan_tier", plan_tier)
+        _mark(balance, "period_end", period_end)
+        for t in TIERS:
+            _mark(balance, f"included_{t}", included[t])
+        _save_changes(balance, now=now)
+    logger.info("balance upgraded org=%s %s->%s prorated from %s: %s", balance.organization_id, from_plan,
+                plan_tier, effective_at, included)
+    return dict(included)
+
+
 def balance_add_topup_credits(*, organization_id: Any, amount: Decimal, now: dt.datetime) -> TopupCreditResult:
     """Credit purchased top-up credits; owed overage is settled from them first."""
     if not isinstance(amount, Decimal) or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
@@ -522,6 +667,7 @@ def balance_add_topup_credits(*, organization_id: Any, amount: Decimal, now: dt.
         if settle > 0:
             _mark(balance, "topup_used", balance.topup_used + settle)
             _mark(balance, "overage_credits_owed", balance.overage_credits_owed - settle)
+        _clear_unblocked(balance)
         _save_changes(balance, now=now)
     logger.info("top-up credited org=%s amount=%s settled_overage=%s", balance.organization_id, amount, settle)
     return TopupCreditResult(balance=balance, credited=amount, settled_overage=settle)

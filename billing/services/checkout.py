@@ -23,6 +23,7 @@ from organizations.models import Organization
 from .. import stripe_gateway
 from ..errors import BillingError
 from ..models.checkout_intents import CheckoutIntent, CheckoutIntentStatus
+from ..models.invoices import Invoice, InvoiceStatus
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES, Subscription
 from ..plans import CURRENCY, PAID_PLAN_TIERS, PLANS, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, TRIAL_DAYS
 from .subscriptions import stripe_ts, subscription_sync
@@ -71,6 +72,48 @@ def stripe_prices_ensure() -> dict[str, str]:
         logger.info("stripe_setup created %s = %s", item.setting, created["id"])
         result[item.setting] = created["id"]
     return result
+
+
+#: Metadata naming the billing portal configuration stripe_setup manages (bump the version when the
+#: features change: a new configuration is created and found instead of the old one).
+PORTAL_CONFIGURATION_METADATA = {"managed_by": "stripe_setup", "portal_configuration": "billing-v1"}
+#: What customers may do in the Stripe portal. No plan switching: Stripe's would prorate a downgrade
+#: (a refund of unused time while the higher allowance stays) and grant an upgrade before it is paid;
+#: plan changes go through our own flow. Cancelling keeps the paid period, without proration.
+PORTAL_FEATURES: dict[str, Any] = {
+    "customer_update": {"enabled": False},
+    "invoice_history": {"enabled": True},
+    "payment_method_update": {"enabled": True},
+    "subscription_cancel": {"enabled": True, "mode": "at_period_end", "proration_behavior": "none"},
+    "subscription_update": {"enabled": False},
+}
+
+
+def _portal_configuration_is_ours(conf: dict[str, Any]) -> bool:
+    meta = conf.get("metadata") or {}
+    return conf.get("active", True) and all(meta.get(k) == v for k, v in PORTAL_CONFIGURATION_METADATA.items())
+
+
+def stripe_portal_configuration_find() -> str | None:
+    """Our portal configuration's id: the setting, else the active one with our metadata at Stripe."""
+    if settings.STRIPE_PORTAL_CONFIGURATION:
+        return settings.STRIPE_PORTAL_CONFIGURATION
+    for conf in stripe_gateway.billing_portal_configuration_list():
+        if _portal_configuration_is_ours(conf):
+            return conf["id"]
+    return None
+
+
+def stripe_portal_configuration_ensure() -> str:
+    """Find (by metadata) or create the portal configuration; returns its id (stripe_setup, test setup)."""
+    for conf in stripe_gateway.billing_portal_configuration_list():
+        if _portal_configuration_is_ours(conf):
+            return conf["id"]
+    created = stripe_gateway.billing_portal_configuration_create(
+        features=PORTAL_FEATURES, metadata=dict(PORTAL_CONFIGURATION_METADATA),
+        idempotency_key=f"stripe_setup:portal_configuration:{PORTAL_CONFIGURATION_METADATA['portal_configuration']}")
+    logger.info("stripe_setup created STRIPE_PORTAL_CONFIGURATION = %s", created["id"])
+    return created["id"]
 
 
 def price_id_for_tier(plan_tier: str) -> str:
@@ -285,10 +328,15 @@ def billing_portal_open(*, organization, now: dt.datetime, return_url: str | Non
     if not organization.stripe_customer_id:
         raise Conflict("the organization has no billing account yet; subscribe first", code="NO_BILLING_ACCOUNT")
     _no_transaction("billing_portal_open")
+    configuration = stripe_portal_configuration_find()
+    if configuration is None:
+        # Never fall back to Stripe's default configuration: it lets customers switch plans with prorations.
+        raise BillingError("the billing portal is not configured; run manage.py stripe_setup",
+                           code="PORTAL_NOT_CONFIGURED", http_status=503)
     base = settings.APP_BASE_URL.rstrip("/")
     session = stripe_gateway.billing_portal_session_create(
         customer_id=organization.stripe_customer_id, return_url=return_url or f"{base}/settings/billing",
-        idempotency_key=f"portal:org:{organization.pk}:{_minute(now)}")
+        configuration=configuration, idempotency_key=f"portal:org:{organization.pk}:{_minute(now)}:{configuration}")
     return {"url": session["url"]}
 
 
@@ -311,28 +359,76 @@ def _plan_change_key(sub: Subscription, *, kind: str, to_price_id: str) -> str:
 def _price_change(sub: Subscription, *, kind: str, price_id: str, proration_behavior: str,
                   now: dt.datetime) -> Subscription:
     _no_transaction(f"subscription_{kind}")
-    obj = stripe_gateway.subscription_update_price(
+    snap = stripe_gateway.subscription_update_price(
         subscription_id=sub.stripe_subscription_id, price_id=price_id, proration_behavior=proration_behavior,
         idempotency_key=_plan_change_key(sub, kind=kind, to_price_id=price_id))
-    return subscription_sync(stripe_subscription=obj, now=now)
+    return subscription_sync(stripe_subscription=snap, now=now)
+
+
+class UpgradeNotPaid(BillingError):
+    """Stripe holds the upgrade back: its proration invoice is unpaid (declined card, 3-D Secure).
+    Plan, allowances and status are unchanged; `hostedInvoiceUrl` is where to finish or pay it."""
+
+    http_status = 402
 
 
 def subscription_upgrade(*, organization, plan_tier: str, now: dt.datetime) -> Subscription:
-    """Move to a higher plan now: Stripe invoices the prorated difference at once and the new
-    allowances apply immediately (subscription_sync on the returned object). Upgrading to the plan
-    in effect while a downgrade is pending = keep the plan; to a higher one, the pending downgrade
-    is undone first so the proration starts from the plan actually paid for this period."""
+    """Move to a higher plan now. Stripe invoices the prorated difference at once with
+    `payment_behavior=pending_if_incomplete`: the new price, and with it the new plan and its (prorated)
+    allowances, applies only once that invoice is paid. Declined / needs authentication: raises
+    UpgradeNotPaid (402, code CARD_DECLINED / AUTHENTICATION_REQUIRED / …, the plan in effect and the
+    hosted invoice link); nothing changes here, and Stripe discards the update if it stays unpaid.
+    Upgrading to the plan in effect while a downgrade is pending = keep the plan; to a higher one, the
+    pending downgrade is undone first so the proration starts from the plan actually paid for this
+    period. A past-due org pays what it owes first (409 SUBSCRIPTION_PAST_DUE)."""
     price_id = price_id_for_tier(plan_tier)
     sub = _live_or_conflict(organization)
+    if sub.status == "past_due":
+        raise Conflict("the subscription is past due: pay the open invoice before changing plans",
+                       code="SUBSCRIPTION_PAST_DUE",
+                       extra={"planTier": sub.plan_tier, "hostedInvoiceUrl": _open_invoice_url(sub) or None})
     if sub.pending_plan_tier and plan_tier == sub.plan_tier:
         return subscription_downgrade_cancel(organization=organization, now=now)
     if PLANS[plan_tier].rank <= PLANS[sub.plan_tier].rank:
         raise InvalidRequest(f"{plan_tier} is not an upgrade from {sub.plan_tier}; use "
                              "/api/billing/subscription/downgrade (takes effect at the period end)",
                              code="NOT_AN_UPGRADE")
+    if sub.pending_update_plan_tier and sub.pending_update_expires_at and sub.pending_update_expires_at > now:
+        if sub.pending_update_plan_tier != plan_tier:
+            raise Conflict(f"an upgrade to {sub.pending_update_plan_tier} is waiting for its payment; pay or let "
+                           "it expire first", code="UPGRADE_PENDING",
+                           extra={"planTier": sub.plan_tier, "pendingPlanTier": sub.pending_update_plan_tier,
+                                  "hostedInvoiceUrl": _open_invoice_url(sub) or None})
     if sub.pending_plan_tier:
         sub = subscription_downgrade_cancel(organization=organization, now=now)
-    return _price_change(sub, kind="upgrade", price_id=price_id, proration_behavior="always_invoice", now=now)
+    _no_transaction("subscription_upgrade")
+    if sub.cancel_at_period_end:  # Stripe refuses a pending update together with other changes
+        sub = subscription_sync(stripe_subscription=stripe_gateway.subscription_resume(
+            subscription_id=sub.stripe_subscription_id,
+            idempotency_key=f"resume:{sub.stripe_subscription_id}:{int(sub.updated_at.timestamp() * 1_000_000)}"),
+            now=now)
+    snap, pending = stripe_gateway.subscription_upgrade_price(
+        subscription_id=sub.stripe_subscription_id, price_id=price_id,
+        idempotency_key=_plan_change_key(sub, kind="upgrade", to_price_id=price_id))
+    synced = subscription_sync(stripe_subscription=snap, now=now)
+    if pending is not None:
+        logger.info("org %s upgrade %s -> %s pending payment (%s, invoice %s)", organization.pk, synced.plan_tier,
+                    plan_tier, pending.code, pending.invoice_id)
+        hint = ("finish the payment on the invoice page" if pending.code == "AUTHENTICATION_REQUIRED"
+                else "pay the invoice with another card")
+        raise UpgradeNotPaid(
+            f"Upgrade to {PLANS[plan_tier].name} not done: {pending.message.rstrip('.')}. You stay on "
+            f"{PLANS[synced.plan_tier].name}; {hint} to complete it.", code=pending.code,
+            extra={"planTier": synced.plan_tier, "pendingPlanTier": plan_tier,
+                   "hostedInvoiceUrl": pending.hosted_invoice_url or None,
+                   "amountDueCents": pending.amount_due_cents,
+                   "expiresAt": stripe_ts(pending.expires_at).isoformat() if pending.expires_at else None})
+    return synced
+
+
+def _open_invoice_url(sub: Subscription) -> str:
+    return (Invoice.objects.filter(subscription=sub, status=InvoiceStatus.OPEN).order_by("-created_at")
+            .values_list("hosted_invoice_url", flat=True).first() or "")
 
 
 def subscription_downgrade(*, organization, plan_tier: str, now: dt.datetime) -> Subscription:
@@ -373,14 +469,14 @@ def subscription_cancel(*, organization, now: dt.datetime, at_period_end: bool =
     _no_transaction("subscription_cancel")
     if at_period_end and sub.cancel_at_period_end:
         return sub
-    obj = stripe_gateway.subscription_cancel(
+    snap = stripe_gateway.subscription_cancel(
         subscription_id=sub.stripe_subscription_id, at_period_end=at_period_end,
         # Keyed on the row's state like plan changes: a double click / retry replays one request, but a
         # cancel after the previous one was undone (downgrade, portal) must reach Stripe again, not replay
         # the first answer from Stripe's 24 h idempotency cache (the org would renew while told it ends).
         idempotency_key=(f"cancel:{sub.stripe_subscription_id}:{'period_end' if at_period_end else 'now'}:"
                          f"{int(sub.updated_at.timestamp() * 1_000_000)}"))
-    return subscription_sync(stripe_subscription=obj, now=now)
+    return subscription_sync(stripe_subscription=snap, now=now)
 
 
 MAX_TRIAL_EXTENSION_DAYS = 30
@@ -399,11 +495,11 @@ def subscription_trial_extend(*, subscription: Subscription, days: int, now: dt.
     _no_transaction("subscription_trial_extend")
     new_end = max(subscription.trial_end, now) + dt.timedelta(days=days)
     trial_end = int(new_end.timestamp())
-    obj = stripe_gateway.subscription_extend_trial(
+    snap = stripe_gateway.subscription_extend_trial(
         subscription_id=subscription.stripe_subscription_id, trial_end=trial_end,
         idempotency_key=f"extend_trial:{subscription.stripe_subscription_id}:{trial_end}")
     logger.info("trial of %s extended by %s days to %s", subscription.stripe_subscription_id, days, new_end)
-    return subscription_sync(stripe_subscription=obj, now=now)
+    return subscription_sync(stripe_subscription=snap, now=now)
 
 
 def subscription_status(*, organization) -> dict[str, Any]:
@@ -427,6 +523,9 @@ def subscription_status(*, organization) -> dict[str, Any]:
             "trialEnd": iso(sub.trial_end), "cancelAtPeriodEnd": sub.cancel_at_period_end,
             "pendingPlanTier": sub.pending_plan_tier or None,
             "pendingPlanAt": iso(sub.current_period_end) if sub.pending_plan_tier else None,
+            # An upgrade Stripe holds until its invoice is paid (the plan above is unchanged meanwhile).
+            "pendingUpgradePlanTier": sub.pending_update_plan_tier or None,
+            "pendingUpgradeExpiresAt": iso(sub.pending_update_expires_at) if sub.pending_update_plan_tier else None,
             "canceledAt": iso(sub.canceled_at), "endedAt": iso(sub.ended_at),
             "gracePeriodEndsAt": iso(sub.grace_period_ends_at),
         },

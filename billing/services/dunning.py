@@ -68,6 +68,11 @@ def dunning_invoice_payment_failed(*, invoice_id: int, event_created: int, now: 
             return False
         if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
             return False  # already settled (a stale failure event)
+        if invoice.billing_reason == "subscription_update":
+            # A plan change's proration invoice (the upgrade is a pending update): unpaid, Stripe
+            # discards the change and the plan paid for stays; nothing is overdue.
+            logger.info("payment failure of %s: upgrade invoice, the upgrade stays pending", invoice.stripe_invoice_id)
+            return False
         if sub.status not in LIVE_SUBSCRIPTION_STATUSES:
             return False  # ended/unpaid: nothing to dun; the sync put the org on free
         if sub.status == StripeSubscriptionStatus.ACTIVE and sub.last_event_created > event_created \
@@ -78,10 +83,10 @@ def dunning_invoice_payment_failed(*, invoice_id: int, event_created: int, now: 
             sub.grace_period_ends_at = now + dt.timedelta(days=_grace_days())
             sub.grace_ending_notified_at = None
         sub.status = StripeSubscriptionStatus.PAST_DUE
-        sub.last_event_created = max(sub.last_event_created, int(event_created))
+        sub.dunning_event_created = max(sub.dunning_event_created, int(event_created))
         sub.updated_at = now
         sub.save(update_fields=["grace_period_ends_at", "grace_ending_notified_at", "status",
-                                "last_event_created", "updated_at"])
+                                "dunning_event_created", "updated_at"])
         if org.subscription_status != SubscriptionStatus.PAST_DUE:
             org.subscription_status = SubscriptionStatus.PAST_DUE
             org.save(update_fields=["subscription_status"])
@@ -123,10 +128,10 @@ def dunning_invoice_paid(*, invoice_id: int, event_created: int, now: dt.datetim
         sub.grace_ending_notified_at = None
         if sub.status == StripeSubscriptionStatus.PAST_DUE:
             sub.status = StripeSubscriptionStatus.ACTIVE
-        sub.last_event_created = max(sub.last_event_created, int(event_created))
+        sub.dunning_event_created = max(sub.dunning_event_created, int(event_created))
         sub.updated_at = now
         sub.save(update_fields=["grace_period_ends_at", "grace_ending_notified_at", "status",
-                                "last_event_created", "updated_at"])
+                                "dunning_event_created", "updated_at"])
         if org.subscription_status == SubscriptionStatus.PAST_DUE:
             org.subscription_status = sub.status
             org.save(update_fields=["subscription_status"])
@@ -174,14 +179,14 @@ def _cancel_and_sync(*, sub: Subscription, idempotency_key: str, now: dt.datetim
 
     _no_transaction()
     try:
-        obj = stripe_gateway.subscription_cancel(subscription_id=sub.stripe_subscription_id,
-                                                 idempotency_key=idempotency_key)
+        snap = stripe_gateway.subscription_cancel(subscription_id=sub.stripe_subscription_id,
+                                                  idempotency_key=idempotency_key)
     except BillingError as exc:
         logger.warning("cancel of %s failed (%s); re-reading it", sub.stripe_subscription_id, exc.code)
-        obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
-        if obj.get("status") in LIVE_SUBSCRIPTION_STATUSES:
+        snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+        if snap.obj.get("status") in LIVE_SUBSCRIPTION_STATUSES:
             raise
-    return subscription_sync(stripe_subscription=obj, now=now)
+    return subscription_sync(stripe_subscription=snap, now=now)
 
 
 def _paid_up_at_stripe(*, sub: Subscription, now: dt.datetime) -> Subscription | None:
@@ -192,10 +197,10 @@ def _paid_up_at_stripe(*, sub: Subscription, now: dt.datetime) -> Subscription |
     from .. import stripe_gateway  # noqa: PLC0415
 
     _no_transaction()
-    obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
-    if obj.get("status") not in (StripeSubscriptionStatus.ACTIVE, StripeSubscriptionStatus.TRIALING):
+    snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+    if snap.obj.get("status") not in (StripeSubscriptionStatus.ACTIVE, StripeSubscriptionStatus.TRIALING):
         return None
-    synced = subscription_sync(stripe_subscription=obj, now=now)
+    synced = subscription_sync(stripe_subscription=snap, now=now)
     log_money("dunning.recovered", org=sub.organization_id, subscription=sub.stripe_subscription_id,
               status=synced.status)
     return synced
@@ -258,8 +263,8 @@ def _renewal_resync(*, sub: Subscription, now: dt.datetime) -> Subscription:
     from .. import stripe_gateway  # noqa: PLC0415
 
     _no_transaction()
-    obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
-    return subscription_sync(stripe_subscription=obj, now=now)
+    snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+    return subscription_sync(stripe_subscription=snap, now=now)
 
 
 def _no_transaction() -> None:
@@ -272,11 +277,12 @@ def _trial_resolve(*, sub: Subscription, now: dt.datetime) -> Subscription | Non
 
     _no_transaction()
 
-    obj = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+    snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
+    obj = snap.obj
     trial_end = obj.get("trial_end") or 0
     still_trialing_past_end = obj.get("status") == "trialing" and trial_end and trial_end <= int(now.timestamp())
     has_card = bool(obj.get("default_payment_method") or obj.get("default_source"))
     if still_trialing_past_end and not has_card:
         # Trial ending without a card -> free.
         return _cancel_and_sync(sub=sub, idempotency_key=f"trial-expire-cancel:{sub.pk}", now=now)
-    return subscription_sync(stripe_subscription=obj, now=now)
+    return subscription_sync(stripe_subscription=snap, now=now)

@@ -35,6 +35,7 @@ from ..models import (
     PurchaseKind,
     PurchaseMethod,
     PurchaseStatus,
+    RequestIdempotency,
 )
 from ..notifications import notify_org_admins
 from ..plans import CURRENCY, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, credits as to_credits
@@ -545,16 +546,30 @@ def _checkout_for(*, purchase: CreditPurchase, org: Organization, now: dt.dateti
     return {"purchase": purchase, "url": session["url"]}
 
 
-def topup_saved_card_purchase(*, organization_id, packs: Any, user=None, now: dt.datetime) -> CreditPurchase:
+def topup_saved_card_purchase(*, organization_id, packs: Any, user=None, now: dt.datetime,
+                              request_idempotency_id: int | None = None) -> CreditPurchase:
     """Manual top-up charged at once to the org's saved card (off-session PaymentIntent). The
-    returned row says what happened (succeeded / failed / requires_action)."""
+    returned row says what happened (succeeded / failed / requires_action).
+
+    `request_idempotency_id`: the claimed RequestIdempotency row of a keyed request (billing.idempotency).
+    The purchase is linked to it in the transaction that creates it; a retry of that request (after a
+    5xx or a crash) charges the linked purchase again with the same Stripe idempotency key (Stripe
+    replays the first charge) instead of creating a second purchase."""
     p = _validate_manual_packs(packs)
+    if request_idempotency_id is not None:
+        linked = RequestIdempotency.objects.filter(pk=request_idempotency_id).values_list(
+            "credit_purchase_id", flat=True).first()
+        if linked is not None:
+            logger.info("top-up %s: retried request, charging the same purchase again", linked)
+            return topup_purchase_charge(purchase_id=linked, now=now, allow_started=True)
     org = Organization.objects.get(pk=organization_id)
     if not org.stripe_customer_id:
         raise BillingError("no saved card: buy through Checkout first", code="NO_PAYMENT_METHOD", http_status=409)
     with transaction.atomic():
         purchase = _new_manual(organization_id=organization_id, packs=p, method=PurchaseMethod.SAVED_CARD,
                                user=user, now=now)
+        if request_idempotency_id is not None:
+            RequestIdempotency.objects.filter(pk=request_idempotency_id).update(credit_purchase=purchase)
     return topup_purchase_charge(purchase_id=purchase.pk, now=now)
 
 

@@ -9,9 +9,16 @@ reprocessed event re-applies the same state) and never let an older event overwr
 state (rows keep the `created` of the newest event applied). Handlers never call Stripe inside a
 transaction: reads happen first, then the locked write.
 
-Statuses: pending -> processed | ignored (unknown type) | failed (after the last retry, error
-kept); staff reprocess failed events with `webhook_event_reprocess` (admin action,
-`manage.py webhooks_replay`).
+Statuses: pending -> processed | ignored (unknown type, or provably not ours: `WebhookNotOurs`,
+reason kept in `error`) | failed (after the last retry, or at once for an error retrying cannot fix:
+`WebhookNotRetryable` / NON_RETRYABLE_CODES; error kept); staff reprocess failed events with
+`webhook_event_reprocess` (admin action, `manage.py webhooks_replay`).
+
+Not ours: a Stripe account shared with other products delivers their events too. An event whose
+object names no org of ours (metadata, customer, a subscription/checkout session we know) is
+ignored, unless its customer has a checkout session we created that is still open or completed
+(Stripe does not order events: its checkout.session.completed may link the customer next), which
+keeps it retryable.
 """
 from __future__ import annotations
 
@@ -20,21 +27,29 @@ import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 
 from organizations.models import Organization
 
 from ..errors import BillingError
 from ..logging import log_webhook
+from ..models.checkout_intents import CheckoutIntent
 from ..models.invoices import Invoice, InvoiceStatus, InvoiceType
 from ..models.subscriptions import Subscription
 from ..models.webhooks import WebhookEvent, WebhookEventStatus
 from ..notifications import notify_org_admins
 from ..plans import format_cents
-from .subscriptions import iso, organization_id_for_stripe, stripe_id, stripe_ts, subscription_sync
+from .subscriptions import (
+    iso,
+    organization_id_for_stripe,
+    stripe_id,
+    stripe_ts,
+    subscription_organization_id,
+    subscription_sync,
+)
 
 logger = logging.getLogger("billing.webhooks")
 
@@ -55,6 +70,22 @@ class WebhookRejected(BillingError):
     """A delivery we refuse with 400 (nothing stored). `code` says why, stably."""
 
     http_status = 400
+
+
+class WebhookNotOurs(BillingError):
+    """The event is provably about another product's Stripe objects: stored IGNORED with this
+    message as the reason, never retried."""
+
+    code = "WEBHOOK_NOT_OURS"
+
+
+class WebhookNotRetryable(BillingError):
+    """Retrying cannot make the event succeed (e.g. a price we do not know for one of our orgs):
+    FAILED at the first attempt, the error kept for staff (who fix the cause, then reprocess)."""
+
+
+#: Handler error codes that no retry can fix (the object itself is the problem); FAILED at once.
+NON_RETRYABLE_CODES = frozenset({"UNKNOWN_PRICE", "STRIPE_OBJECT_INVALID", "ORG_MISMATCH"})
 
 
 @dataclass(frozen=True)
@@ -161,7 +192,8 @@ def _enqueue(event_pk: int) -> None:
 
 def webhook_event_process(*, event_id: int, now: dt.datetime) -> WebhookEvent:
     """Run the handler of a stored event (by our pk). Idempotent: processed/ignored events are left
-    alone; a handler error propagates (the task records it and retries)."""
+    alone. A retryable handler error propagates (the task records it and retries); `WebhookNotOurs`
+    ends the event IGNORED with its reason, a non-retryable error ends it FAILED (both returned)."""
     event = WebhookEvent.objects.get(pk=event_id)
     if event.status in (WebhookEventStatus.PROCESSED, WebhookEventStatus.IGNORED):
         return event
@@ -171,10 +203,22 @@ def webhook_event_process(*, event_id: int, now: dt.datetime) -> WebhookEvent:
             .update(status=WebhookEventStatus.IGNORED, processed_at=now, error="")
         log_webhook("webhook.ignored", event_id=event.stripe_event_id, type=event.type)
     else:
-        handler(event=event.payload, now=now)
-        WebhookEvent.objects.filter(pk=event.pk, status__in=[WebhookEventStatus.PENDING, WebhookEventStatus.FAILED]) \
-            .update(status=WebhookEventStatus.PROCESSED, processed_at=now, error="")
-        log_webhook("webhook.processed", event_id=event.stripe_event_id, type=event.type)
+        try:
+            handler(event=event.payload, now=now)
+        except WebhookNotOurs as exc:
+            WebhookEvent.objects.filter(pk=event.pk,
+                                        status__in=[WebhookEventStatus.PENDING, WebhookEventStatus.FAILED]) \
+                .update(status=WebhookEventStatus.IGNORED, processed_at=now, error=exc.message[:10000])
+            log_webhook("webhook.ignored", event_id=event.stripe_event_id, type=event.type, reason=exc.message[:500])
+        except BillingError as exc:
+            if not isinstance(exc, WebhookNotRetryable) and exc.code not in NON_RETRYABLE_CODES:
+                raise  # may succeed later: the task records it and retries
+            webhook_event_record_failure(event_id=event.pk, error=f"{exc.code}: {exc.message}", final=True, now=now)
+        else:
+            WebhookEvent.objects.filter(pk=event.pk,
+                                        status__in=[WebhookEventStatus.PENDING, WebhookEventStatus.FAILED]) \
+                .update(status=WebhookEventStatus.PROCESSED, processed_at=now, error="")
+            log_webhook("webhook.processed", event_id=event.stripe_event_id, type=event.type)
     event.refresh_from_db()
     return event
 
@@ -203,12 +247,16 @@ def webhook_event_reprocess(*, event_id: int, now: dt.datetime) -> WebhookEvent:
     WebhookEvent.objects.filter(pk=event.pk).update(status=WebhookEventStatus.PENDING)
     log_webhook("webhook.reprocessing", event_id=event.stripe_event_id, type=event.type)
     try:
-        return webhook_event_process(event_id=event.pk, now=now)
+        result = webhook_event_process(event_id=event.pk, now=now)
     except Exception as exc:
         logger.exception("reprocessing %s failed", event.stripe_event_id)
         webhook_event_record_failure(event_id=event.pk, error=f"{exc.__class__.__name__}: {exc}", final=True, now=now)
         raise BillingError(f"reprocessing {event.stripe_event_id} failed: {exc}",
                            code="WEBHOOK_REPROCESS_FAILED") from exc
+    if result.status == WebhookEventStatus.FAILED:  # a non-retryable error, already recorded
+        raise BillingError(f"reprocessing {event.stripe_event_id} failed: {result.error}",
+                           code="WEBHOOK_REPROCESS_FAILED")
+    return result
 
 
 def webhook_events_requeue_stale(*, now: dt.datetime) -> int:
@@ -242,6 +290,38 @@ def _subscription_from_stripe(*, subscription_id: str, now: dt.datetime) -> Subs
     return subscription_sync(stripe_subscription=obj, now=now)
 
 
+def _not_ours_unless_pending(*, what: str, customer_id: str | None) -> NoReturn:
+    """`what` names no org of ours. Retryable ORG_NOT_FOUND if its customer has a checkout session we
+    created that is open or complete (its completion links the customer to the org: the event is ours
+    then), or if Stripe cannot tell us now; otherwise WebhookNotOurs (ignored with the reason)."""
+    from .. import stripe_gateway  # noqa: PLC0415
+
+    if customer_id:
+        try:
+            sessions = stripe_gateway.checkout_session_list(customer_id=customer_id)
+        except BillingError as exc:
+            raise BillingError(f"no organization for {what} (customer {customer_id}); its checkout sessions "
+                               f"could not be checked: {exc.code}", code="ORG_NOT_FOUND", http_status=404) from exc
+        for session in sessions:
+            if session.get("status") not in ("open", "complete"):
+                continue
+            ours = (CheckoutIntent.objects.filter(stripe_checkout_session_id=session.get("id")).exists()
+                    or organization_id_for_stripe(metadata=session.get("metadata"), customer_id=None) is not None)
+            if ours:
+                raise BillingError(f"no organization for {what} yet: customer {customer_id} has our checkout "
+                                   f"session {session.get('id')} ({session.get('status')}), which links it",
+                                   code="ORG_NOT_FOUND", http_status=404)
+    raise WebhookNotOurs(f"not ours: no organization for {what} (customer {customer_id or '-'} is none of our "
+                         f"orgs' and has no checkout session of ours)")
+
+
+def _require_our_subscription(obj: dict) -> None:
+    """Org first, before the price or anything else of another product's subscription is looked at."""
+    if subscription_organization_id(stripe_subscription=obj) is None:
+        _not_ours_unless_pending(what=f"subscription {stripe_id(obj.get('id'))}",
+                                 customer_id=stripe_id(obj.get("customer")))
+
+
 def _topups_hook(name: str, **kwargs: Any) -> bool:
     """Call `billing.services.topups.<name>(**kwargs)` if the top-up issue has built it.
     Returns False (and logs) when the module or function is missing: the event is still processed."""
@@ -267,6 +347,13 @@ def handle_checkout_session_completed(*, event: dict, now: dt.datetime) -> None:
         if org_id is None and session.get("client_reference_id"):
             org_id = organization_id_for_stripe(metadata={"orgId": session["client_reference_id"]}, customer_id=None)
         customer_id = stripe_id(session.get("customer"))
+        intent_ref = str((session.get("metadata") or {}).get("checkoutIntentId") or "")
+        our_intent = Q(stripe_checkout_session_id=str(session.get("id") or ""))
+        if intent_ref.isdigit():
+            our_intent |= Q(pk=int(intent_ref))
+        if org_id is None and not CheckoutIntent.objects.filter(our_intent).exists():
+            raise WebhookNotOurs(f"not ours: checkout session {session.get('id')} (customer {customer_id or '-'}) "
+                                 f"names none of our orgs and no checkout intent of ours")
         if org_id is not None and customer_id:
             # Remember the customer if checkout created it (only where none is set: never steal one).
             Organization.objects.filter(pk=org_id, stripe_customer_id__isnull=True).update(stripe_customer_id=customer_id)
@@ -295,11 +382,13 @@ def handle_checkout_session_expired(*, event: dict, now: dt.datetime) -> None:
 
 
 def handle_subscription_event(*, event: dict, now: dt.datetime) -> None:
+    _require_our_subscription(_object(event))
     subscription_sync(stripe_subscription=_object(event), now=now, event_created=_created(event))
 
 
 def handle_subscription_trial_will_end(*, event: dict, now: dt.datetime) -> None:
     obj = _object(event)
+    _require_our_subscription(obj)
     sub = subscription_sync(stripe_subscription=obj, now=now, event_created=_created(event))
     if sub.status != "trialing":
         # Late delivery: the trial already ended (canceled, or converted to paid): nothing to announce.
@@ -355,6 +444,7 @@ def invoice_sync(*, stripe_invoice: dict, now: dt.datetime, event_created: int |
         "currency": (stripe_invoice.get("currency") or "usd").lower(),
         "status": status,
         "type": InvoiceType.SUBSCRIPTION if sub_id else InvoiceType.CREDIT_PURCHASE,
+        "billing_reason": str(stripe_invoice.get("billing_reason") or "")[:40],
         "hosted_invoice_url": stripe_invoice.get("hosted_invoice_url") or "",
         "invoice_pdf": stripe_invoice.get("invoice_pdf") or "",
         "period_start": stripe_ts(line_period.get("start") or stripe_invoice.get("period_start")),
@@ -401,6 +491,13 @@ def handle_invoice_event(*, event: dict, now: dt.datetime) -> None:
     obj = _object(event)
     event_type = event["type"]
     sub_id = _invoice_subscription_id(obj)
+    customer_id = stripe_id(obj.get("customer"))
+    parent_metadata = ((obj.get("parent") or {}).get("subscription_details") or {}).get("metadata")
+    if (organization_id_for_stripe(metadata=obj.get("metadata"), customer_id=customer_id) is None
+            and organization_id_for_stripe(metadata=parent_metadata, customer_id=None) is None
+            and not (sub_id and Subscription.objects.filter(stripe_subscription_id=sub_id).exists())):
+        # Org first: another product's invoice must not make us read its subscription from Stripe.
+        _not_ours_unless_pending(what=f"invoice {stripe_id(obj.get('id'))}", customer_id=customer_id)
     if (event_type == "invoice.payment_failed" and sub_id
             and not Subscription.objects.filter(stripe_subscription_id=sub_id).exists()):
         _subscription_from_stripe(subscription_id=sub_id, now=now)  # dunning needs the row
@@ -437,6 +534,8 @@ HANDLERS: dict[str, Callable[..., None]] = {
     "customer.subscription.deleted": handle_subscription_event,
     "customer.subscription.paused": handle_subscription_event,
     "customer.subscription.resumed": handle_subscription_event,
+    "customer.subscription.pending_update_applied": handle_subscription_event,
+    "customer.subscription.pending_update_expired": handle_subscription_event,
     "customer.subscription.trial_will_end": handle_subscription_trial_will_end,
     "invoice.created": handle_invoice_event,
     "invoice.finalized": handle_invoice_event,

@@ -5,7 +5,7 @@ import datetime as dt
 
 from decimal import Decimal
 
-from billing.models import AutoTopupSettingsChange, CreditBalance, Invoice, Subscription, WebhookEvent
+from billing.models import AllowanceChange, AutoTopupSettingsChange, CreditBalance, Invoice, Subscription, WebhookEvent
 from billing.services.grants import credit_grant_create
 from usage.services import action_record
 from organizations.models import ApiKey
@@ -32,8 +32,12 @@ def make_one_of_each(*, now: dt.datetime) -> list:
                                 granted_by=membership.user, now=now)
     change = AutoTopupSettingsChange.objects.create(organization=org, enabled=True, threshold=Decimal("50.00"),
                                                     packs=1, monthly_cap_packs=10, reason="admin", created_at=now)
+    allowance = AllowanceChange.objects.create(
+        organization=org, subscription=sub, period_start=now, period_end=now + dt.timedelta(days=30),
+        from_plan_tier="starter", to_plan_tier="pro", effective_at=now + dt.timedelta(days=10), included_small=3000,
+        included_medium=700, included_large=150, included_xl=60, created_at=now)
     from usage.models import BillableAction
 
     objs = [org, membership, key, sub, invoice, event, CreditBalance.objects.get(organization=org),
-            BillableAction.objects.get(pk=action_id), grant, change]
+            BillableAction.objects.get(pk=action_id), grant, change, allowance]
     return objs

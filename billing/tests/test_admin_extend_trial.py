@@ -34,16 +34,16 @@ def trialing(stripe_settings, client):
 
 def test_gateway_extend_trial_moves_trial_end_and_emits_update(trialing, stripe_settings):
     org, sub_id, _ = trialing
-    before = gw.subscription_retrieve(sub_id)
+    before = gw.subscription_retrieve(sub_id).obj
     target = before["trial_end"] + 5 * DAY
-    after = gw.subscription_extend_trial(subscription_id=sub_id, trial_end=target, idempotency_key="t-extend-1")
+    after = gw.subscription_extend_trial(subscription_id=sub_id, trial_end=target, idempotency_key="t-extend-1").obj
     assert after["status"] == "trialing" and after["trial_end"] == target
     assert after["items"]["data"][0]["current_period_end"] == target
     update = gw.event_list(types=["customer.subscription.updated"], limit=1)[0]
     assert update["data"]["object"]["trial_end"] == target
     assert update["data"]["previous_attributes"]["trial_end"] == before["trial_end"]
     # Same key, same request: replayed, not applied twice.
-    again = gw.subscription_extend_trial(subscription_id=sub_id, trial_end=target, idempotency_key="t-extend-1")
+    again = gw.subscription_extend_trial(subscription_id=sub_id, trial_end=target, idempotency_key="t-extend-1").obj
     assert again["trial_end"] == target
     with pytest.raises(Exception) as excinfo:
         gw.subscription_extend_trial(subscription_id=sub_id, trial_end=stripe_settings.sim.now() - 10,
@@ -51,9 +51,9 @@ def test_gateway_extend_trial_moves_trial_end_and_emits_update(trialing, stripe_
     assert getattr(excinfo.value, "code", "") == "STRIPE_INVALID_REQUEST"
     # The first invoice comes at the new trial end, not the old one.
     stripe_settings.sim.advance_clock(7 * DAY + 60)
-    assert gw.subscription_retrieve(sub_id)["status"] == "trialing"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "trialing"
     stripe_settings.sim.advance_clock(5 * DAY)
-    assert gw.subscription_retrieve(sub_id)["status"] == "active"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "active"
 
 
 def test_admin_extend_trial_action_with_intermediate_form(trialing, client, stripe_settings):
@@ -69,12 +69,12 @@ def test_admin_extend_trial_action_with_intermediate_form(trialing, client, stri
     assert resp.status_code == 200 and b"Extend trial" in resp.content and b'name="days"' in resp.content
     resp = client.post(url, {**data, "apply": "1", "days": "31"})  # out of range: the form again, nothing done
     assert resp.status_code == 200 and b"Ensure this value is less than or equal to 30" in resp.content
-    assert gw.subscription_retrieve(sub_id)["trial_end"] == int(old_end.timestamp())
+    assert gw.subscription_retrieve(sub_id).obj["trial_end"] == int(old_end.timestamp())
 
     resp = client.post(url, {**data, "apply": "1", "days": "10"}, follow=True)
     assert resp.status_code == 200 and b"Trial extended by 10 days: 1 done." in resp.content
     new_end = old_end + dt.timedelta(days=10)
-    assert gw.subscription_retrieve(sub_id)["trial_end"] == int(new_end.timestamp())
+    assert gw.subscription_retrieve(sub_id).obj["trial_end"] == int(new_end.timestamp())
     sub.refresh_from_db()
     org.refresh_from_db()
     assert sub.trial_end == new_end and sub.current_period_end == new_end and org.trial_ends_at == new_end
@@ -98,4 +98,4 @@ def test_non_staff_cannot_extend(trialing, client):
     resp = client.post(reverse("admin:billing_subscription_changelist"),
                        {"action": "extend_trial", "_selected_action": [sub.pk], "apply": "1", "days": "5"})
     assert resp.status_code == 302 and "/login/" in resp["Location"]
-    assert gw.subscription_retrieve(sub_id)["trial_end"] == int(sub.trial_end.timestamp())
+    assert gw.subscription_retrieve(sub_id).obj["trial_end"] == int(sub.trial_end.timestamp())

@@ -71,7 +71,7 @@ def test_stripe_drift_is_reported_then_resynced_from_admin(client, subscribed):
 
 def test_reprocess_action_runs_a_failed_event_again(client, subscribed, now):
     org, sub_id = subscribed
-    obj = json.loads(json.dumps(gw.subscription_retrieve(sub_id), default=str))  # as delivered: plain JSON
+    obj = json.loads(json.dumps(gw.subscription_retrieve(sub_id).obj, default=str))  # as delivered: plain JSON
     event = WebhookEvent.objects.create(
         stripe_event_id="evt_admin_reprocess", type="customer.subscription.updated", event_created=1,
         payload={"id": "evt_admin_reprocess", "type": "customer.subscription.updated", "created": 1,

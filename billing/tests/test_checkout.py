@@ -100,7 +100,7 @@ def test_trial_then_upgrade_then_cancel_flow(client, owner, stripe_settings):
     assert status == 200 and body["subscription"]["planTier"] == "pro"
     org.refresh_from_db()
     assert org.subscription_tier == "pro"  # allowances at once, before any webhook
-    assert gw.subscription_retrieve(sub_id)["items"]["data"][0]["price"]["id"] == stripe_settings.prices["STRIPE_PRICE_PRO"]
+    assert gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["price"]["id"] == stripe_settings.prices["STRIPE_PRICE_PRO"]
     status, body = _api(client, "POST", "/api/billing/subscription/upgrade", {"orgId": str(org.pk),
                                                                               "planTier": "starter"})
     assert status == 400 and body["error"]["code"] == "NOT_AN_UPGRADE"
@@ -110,7 +110,7 @@ def test_trial_then_upgrade_then_cancel_flow(client, owner, stripe_settings):
     assert Subscription.objects.get(stripe_subscription_id=sub_id).cancel_at_period_end is True
     status, body = _api(client, "POST", "/api/billing/subscription/cancel", {"orgId": str(org.pk), "now": True})
     assert status == 200 and body["subscription"]["status"] == "canceled"
-    assert gw.subscription_retrieve(sub_id)["status"] == "canceled"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "canceled"
     org.refresh_from_db()
     assert org.subscription_tier == "free"
 
@@ -145,9 +145,11 @@ def test_portal_and_form_posts_redirect(client, owner, stripe_settings):
 
 def test_stripe_setup_command_prints_env_lines(stripe_settings, capsys):
     from django.core.management import call_command
+    from django.conf import settings
     call_command("stripe_setup")
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == [f"{k}={v}" for k, v in stripe_settings.prices.items()]
+    assert out == [f"{k}={v}" for k, v in stripe_settings.prices.items()] + [
+        f"STRIPE_PORTAL_CONFIGURATION={settings.STRIPE_PORTAL_CONFIGURATION}"]
 
 
 def test_services_refuse_to_call_stripe_inside_a_transaction(owner, stripe_settings):

@@ -43,8 +43,8 @@ def test_cancel_again_after_it_was_undone_reaches_stripe(client, owner, stripe_s
     status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "planTier": "starter"})
     assert status == 200 and body["subscription"]["cancelAtPeriodEnd"] is False, body  # the downgrade undid it
     replay_sim_events(client, seen)
-    assert gw.subscription_retrieve(sub_id)["cancel_at_period_end"] is False
+    assert gw.subscription_retrieve(sub_id).obj["cancel_at_period_end"] is False
 
     status, body = _post(client, "/api/billing/subscription/cancel", {"orgId": str(org.pk)})
     assert status == 200 and body["subscription"]["cancelAtPeriodEnd"] is True, body
-    assert gw.subscription_retrieve(sub_id)["cancel_at_period_end"] is True  # Stripe really ends it
+    assert gw.subscription_retrieve(sub_id).obj["cancel_at_period_end"] is True  # Stripe really ends it

@@ -49,7 +49,7 @@ def _subscribe(client, owner, sim, seen, tier="pro"):
 
 
 def _stripe_price(sub_id):
-    return gw.subscription_retrieve(sub_id)["items"]["data"][0]["price"]["id"]
+    return gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["price"]["id"]
 
 
 def test_downgrade_keeps_allowances_until_renewal_then_bills_the_lower_price(client, owner, stripe_settings):

@@ -37,7 +37,7 @@ def test_grace_end_does_not_cancel_a_subscription_paid_at_stripe_whose_webhook_w
     bad = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
                                    idempotency_key=f"review-bad:{sub.pk}")
     gw.get_client().v1.subscriptions.update(sub_id, params={"default_payment_method": bad["id"]})
-    period_end = gw.subscription_retrieve(sub_id)["items"]["data"][0]["current_period_end"]
+    period_end = gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["current_period_end"]
     sim.advance_clock(period_end - sim.now() + 1)  # renewal fails
     replay_sim_events(client, seen)
     sub.refresh_from_db()
@@ -50,11 +50,11 @@ def test_grace_end_does_not_cancel_a_subscription_paid_at_stripe_whose_webhook_w
                                      data=urllib.parse.urlencode({"card_number": "4242424242424242"}).encode())
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
-    assert gw.subscription_retrieve(sub_id)["status"] == "active"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "active"
 
     result = dunning_enforce(now=sub.grace_period_ends_at + dt.timedelta(seconds=1))
     assert result.canceled == [] and result.errors == []
-    assert gw.subscription_retrieve(sub_id)["status"] == "active"  # the paying customer keeps the plan
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "active"  # the paying customer keeps the plan
     sub.refresh_from_db()
     org = Organization.objects.get(pk=org.pk)
     assert (sub.status, sub.grace_period_ends_at) == ("active", None)

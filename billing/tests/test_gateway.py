@@ -138,18 +138,21 @@ def test_subscription_checkout_trial_then_upgrade_and_cancel(stripe_settings):
     assert cs["url"].startswith(sim.base_url + "/checkout/") and cs["status"] == "open"
     done = sim.complete_checkout(cs["id"], card="")  # trial + if_required: no card needed
     assert done["status"] == "complete" and done["payment_status"] == "no_payment_required"
-    sub = gw.subscription_retrieve(done["subscription"])
+    sub = gw.subscription_retrieve(done["subscription"]).obj
     assert sub["status"] == "trialing" and sub["metadata"] == {"orgId": "org-1", "planTier": "starter"}
     assert sub["trial_end"] - sub["trial_start"] == 7 * 86400
     assert gw.checkout_session_retrieve(cs["id"])["subscription"] == sub["id"]
 
-    up = gw.subscription_update_price(subscription_id=sub["id"], price_id=stripe_settings.prices["STRIPE_PRICE_PRO"],
-                                      idempotency_key="up:1")
+    up, pending = gw.subscription_upgrade_price(subscription_id=sub["id"],
+                                                price_id=stripe_settings.prices["STRIPE_PRICE_PRO"],
+                                                idempotency_key="up:1")
+    up = up.obj
+    assert pending is None
     assert up["items"]["data"][0]["price"]["id"] == stripe_settings.prices["STRIPE_PRICE_PRO"]
     assert up["status"] == "trialing"  # upgrading during the trial keeps the trial, nothing charged
-    later = gw.subscription_cancel(subscription_id=sub["id"], at_period_end=True, idempotency_key="cancel:1")
+    later = gw.subscription_cancel(subscription_id=sub["id"], at_period_end=True, idempotency_key="cancel:1").obj
     assert later["cancel_at_period_end"] is True and later["status"] == "trialing"
-    now = gw.subscription_cancel(subscription_id=sub["id"], idempotency_key="cancel:2")
+    now = gw.subscription_cancel(subscription_id=sub["id"], idempotency_key="cancel:2").obj
     assert now["status"] == "canceled" and now["ended_at"]
     assert [s["id"] for s in gw.subscription_list(customer_id=cus["id"])] == [sub["id"]]
 
@@ -162,14 +165,16 @@ def test_paid_subscription_upgrade_prorates_now(stripe_settings):
                                     cancel_url="http://a/no", metadata={"orgId": "o"}, trial_period_days=None,
                                     idempotency_key="cs:paid")
     done = sim.complete_checkout(cs["id"], card="4242424242424242")
-    sub = gw.subscription_retrieve(done["subscription"])
+    sub = gw.subscription_retrieve(done["subscription"]).obj
     assert sub["status"] == "active" and sub["default_payment_method"]
     first = gw.invoice_list(customer_id=cus["id"])
     assert [i["amount_paid"] for i in first] == [999] and first[0]["status"] == "paid"
     assert first[0]["hosted_invoice_url"] and first[0]["invoice_pdf"]
     sim.advance_clock(10 * 86400)
-    gw.subscription_update_price(subscription_id=sub["id"], price_id=stripe_settings.prices["STRIPE_PRICE_MAX"],
-                                 idempotency_key="up:max")
+    _, pending = gw.subscription_upgrade_price(subscription_id=sub["id"],
+                                               price_id=stripe_settings.prices["STRIPE_PRICE_MAX"],
+                                               idempotency_key="up:max")
+    assert pending is None  # paid at once: applied
     invoices = gw.invoice_list(customer_id=cus["id"], subscription_id=sub["id"])
     proration = invoices[0]
     assert proration["billing_reason"] == "subscription_update" and proration["status"] == "paid"

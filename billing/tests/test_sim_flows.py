@@ -66,12 +66,12 @@ def test_trial_without_card_is_canceled_at_trial_end(stripe_settings):
     status, headers, _ = _post_form(cs["url"], {"card_number": ""})
     assert status == 303
     sub_id = gw.checkout_session_retrieve(cs["id"])["subscription"]
-    assert gw.subscription_retrieve(sub_id)["status"] == "trialing"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "trialing"
     result = sim.advance_clock(5 * 86400)  # crosses trial_end - 3 days
     types = [gw.event_retrieve(e)["type"] for e in result["events"]]
     assert types == ["customer.subscription.trial_will_end"]
     sim.advance_clock(2 * 86400 + 60)
-    sub = gw.subscription_retrieve(sub_id)
+    sub = gw.subscription_retrieve(sub_id).obj
     assert sub["status"] == "canceled" and sub["ended_at"] == sub["trial_end"]
 
 
@@ -81,13 +81,13 @@ def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
     sim.complete_checkout(cs["id"], card="4242424242424242")
     sub_id = gw.checkout_session_retrieve(cs["id"])["subscription"]
     sim.advance_clock(7 * 86400 + 1)
-    sub = gw.subscription_retrieve(sub_id)
+    sub = gw.subscription_retrieve(sub_id).obj
     assert sub["status"] == "active"
     invoices = gw.invoice_list(customer_id=sub["customer"])
     assert [(i["amount_due"], i["status"]) for i in invoices] == [(999, "paid"), (0, "paid")]
     period_end = sub["items"]["data"][0]["current_period_end"]
     sim.advance_clock(period_end - sim.now() + 1)  # renewal paid with the saved card
-    renewed = gw.subscription_retrieve(sub_id)
+    renewed = gw.subscription_retrieve(sub_id).obj
     assert renewed["items"]["data"][0]["current_period_start"] == period_end and renewed["status"] == "active"
     # swap in a card that attaches but cannot be charged: the next renewal fails -> past_due
     bad = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub["customer"],
@@ -97,7 +97,7 @@ def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
     stripe_client = gw.get_client()
     stripe_client.v1.subscriptions.update(sub_id, params={"default_payment_method": bad["id"]})
     sim.advance_clock(renewed["items"]["data"][0]["current_period_end"] - sim.now() + 1)
-    failed = gw.subscription_retrieve(sub_id)
+    failed = gw.subscription_retrieve(sub_id).obj
     assert failed["status"] == "past_due"
     open_invoice = gw.invoice_list(customer_id=sub["customer"])[0]
     assert open_invoice["status"] == "open" and open_invoice["attempt_count"] == 1
@@ -105,7 +105,7 @@ def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
     status, _, html = _post_form(f"{open_invoice['hosted_invoice_url']}/pay", {"card_number": "4242424242424242"})
     assert status == 200 and "paid" in html
     assert gw.invoice_retrieve(open_invoice["id"])["status"] == "paid"
-    assert gw.subscription_retrieve(sub_id)["status"] == "active"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "active"
     status, ctype, pdf = _get(open_invoice["invoice_pdf"])
     assert status == 200 and ctype == "application/pdf" and pdf.startswith(b"%PDF-")
 
@@ -115,7 +115,7 @@ def test_portal_page_updates_card_and_cancels(stripe_settings):
     cs = _subscription_checkout(stripe_settings, trial=None)
     sim.complete_checkout(cs["id"], card="4242424242424242")
     sub_id = gw.checkout_session_retrieve(cs["id"])["subscription"]
-    cus_id = gw.subscription_retrieve(sub_id)["customer"]
+    cus_id = gw.subscription_retrieve(sub_id).obj["customer"]
     portal = gw.billing_portal_session_create(customer_id=cus_id, return_url="http://app.test/back",
                                               idempotency_key="p")
     status, _, page = _get(portal["url"])
@@ -125,7 +125,7 @@ def test_portal_page_updates_card_and_cancels(stripe_settings):
     assert gw.payment_method_default(customer_id=cus_id)["card"]["last4"] == "4444"
     status, _, html = _post_form(f"{portal['url']}/cancel", {"subscription": sub_id})
     assert status == 200
-    assert gw.subscription_retrieve(sub_id)["cancel_at_period_end"] is True
+    assert gw.subscription_retrieve(sub_id).obj["cancel_at_period_end"] is True
 
 
 class _Receiver:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Subscription, WebhookEvent
 from billing.services.balance import balance_charge
-from billing.services.checkout import checkout_start, stripe_prices_ensure
+from billing.services.checkout import checkout_start, stripe_portal_configuration_ensure, stripe_prices_ensure
 from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
@@ -41,6 +41,7 @@ def env(stripe_settings, celery_worker, live_server, settings):
         gw.reset_client()
         for name, price_id in stripe_prices_ensure().items():
             setattr(settings, name, price_id)
+        settings.STRIPE_PORTAL_CONFIGURATION = stripe_portal_configuration_ensure()
     sim.configure_webhooks(f"{live_server.url}/api/webhooks/stripe", settings.STRIPE_WEBHOOK_SECRET,
                            backoff_seconds=0.05)
     yield sim, celery_worker
@@ -72,7 +73,7 @@ def _subscribe(org, sim) -> Subscription:
 
 
 def _period_end(sub_id: str) -> int:
-    return gw.subscription_retrieve(sub_id)["items"]["data"][0]["current_period_end"]
+    return gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["current_period_end"]
 
 
 def _fail_next_renewal(sim, sub: Subscription) -> None:
@@ -121,7 +122,7 @@ def test_subscribe_renew_fail_grace_downgrade(env):
     after_grace = sub.grace_period_ends_at + dt.timedelta(seconds=1)
     result = dunning_enforce(now=after_grace)
     assert result.canceled == [sub.stripe_subscription_id] and result.errors == []
-    assert gw.subscription_retrieve(sub.stripe_subscription_id)["status"] == "canceled"
+    assert gw.subscription_retrieve(sub.stripe_subscription_id).obj["status"] == "canceled"
     _settled(sim)  # customer.subscription.deleted comes back through the webhook: idempotent
     org.refresh_from_db()
     assert (org.subscription_tier, org.subscription_status) == ("free", "active")
@@ -150,4 +151,4 @@ def test_failed_renewal_paid_within_grace(env):
     org.refresh_from_db()
     assert (sub.status, org.subscription_status, org.subscription_tier) == ("active", "active", "pro")
     assert dunning_enforce(now=timezone.now() + dt.timedelta(days=30)).canceled == []
-    assert gw.subscription_retrieve(sub.stripe_subscription_id)["status"] == "active"
+    assert gw.subscription_retrieve(sub.stripe_subscription_id).obj["status"] == "active"

@@ -97,7 +97,7 @@ def test_missed_trial_end_is_resolved_by_the_dunning_pass(org, stripe_settings, 
     assert result.trials_resolved == [sub_id] and result.errors == []
     org.refresh_from_db()
     assert org.subscription_tier == "free"
-    assert gw.subscription_retrieve(sub_id)["status"] == "canceled"
+    assert gw.subscription_retrieve(sub_id).obj["status"] == "canceled"
 
 
 def test_missed_renewal_is_resynced_by_the_dunning_pass(org, stripe_settings, client):

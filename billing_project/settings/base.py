@@ -147,6 +147,9 @@ STRIPE_PRICE_STARTER = env.str("STRIPE_PRICE_STARTER", default="")
 STRIPE_PRICE_PRO = env.str("STRIPE_PRICE_PRO", default="")
 STRIPE_PRICE_MAX = env.str("STRIPE_PRICE_MAX", default="")
 STRIPE_PRICE_CREDITS_500 = env.str("STRIPE_PRICE_CREDITS_500", default="")
+# Billing portal configuration (bpc_…) printed by `manage.py stripe_setup`: no plan switching, cancel at
+# period end. Empty: looked up at Stripe by its metadata; none there -> the portal answers 503.
+STRIPE_PORTAL_CONFIGURATION = env.str("STRIPE_PORTAL_CONFIGURATION", default="")
 
 # --- Logging ------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

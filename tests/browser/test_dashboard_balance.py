@@ -37,8 +37,9 @@ def test_bars_match_the_balance(page, login, owner_membership, screenshot):
     expect(page.get_by_test_id("bar-topup")).to_have_attribute("aria-valuenow", "15.00")
     expect(page.get_by_test_id("bar-topup")).to_have_attribute("aria-valuemax", "500.00")
     expect(page.get_by_test_id("topup-text")).to_have_text("15 of 500 used · 485 left")
-    # Plan remainder at tier rates (2 small x 1 + 1 large x 5 = 7) + 485 top-up credits.
-    expect(page.get_by_test_id("total-remaining")).to_have_text("492")
+    # The headline is what any tier can spend: the 485 top-up credits (the plan remainder is per tier).
+    expect(page.get_by_test_id("spendable-credits")).to_have_text("485")
+    expect(page.get_by_test_id("plan-left")).to_contain_text("2 Small · 1 Large actions")
     expect(page.get_by_test_id("usage-warnings")).to_contain_text("Medium")
     screenshot(page, "dashboard-with-usage")
 

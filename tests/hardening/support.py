@@ -17,6 +17,7 @@ USAGE_API_CODES = {
     "ORG_NOT_FOUND",          # 404 no such org, or not the API key's org
     "METHOD_NOT_ALLOWED",     # 405
     "CREDITS_EXHAUSTED",      # 402 allowance + buffer + credits used up
+    "IDEMPOTENCY_KEY_REUSED",  # 409 idempotencyKey already recorded for another request (user, tier, agent, actionKey)
     "RATE_LIMITED",           # 429 over USAGE_API_RATE_LIMIT_PER_MINUTE
 }
 #: Every rejection code of the webhook endpoint (billing.services.webhooks.webhook_event_verify).

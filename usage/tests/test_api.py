@@ -62,7 +62,7 @@ def test_check_and_summary(client):
     assert j["totalRemaining"] == "37.00" and set(j["period"]) == {"start", "end"}
 
 
-def test_batch_endpoint(client):
+def test_batch_endpoint(client, insert_path):
     org = OrganizationFactory()
     actions = [{"userId": "u", "actionTier": "xl", "idempotencyKey": f"k{i % 2}"} for i in range(4)]
     r = post(client, "record-batch", {"orgId": str(org.pk), "actions": actions})

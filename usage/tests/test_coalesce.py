@@ -22,7 +22,7 @@ def _waiters(n: int, *, key_prefix: str | None = None) -> list[coalesce._Waiter]
             for i in range(n)]
 
 
-def test_a_batch_of_several_records_each_caller_its_own_result():
+def test_a_batch_of_several_records_each_caller_its_own_result(insert_path):
     org = OrganizationFactory()
     batch = _waiters(3, key_prefix="k")
     coalesce._run(org.pk.hex, batch)

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 
-from billing.errors import BillingError
+from billing_project.errors import AppError
 from billing.models import CreditBalance
 from billing.plans import TIER_CREDIT_COST, TIERS, soft_limit_buffer
 from billing.services.balance import balance_add_topup_credits
@@ -50,19 +50,23 @@ def test_parallel_records_equal_a_serial_order_and_the_rows(settings, record):
             barrier.wait(timeout=30)
             for i in range(PER_THREAD):
                 tier = TIERS[(n + i) % 4]
-                # Every 4th action of each thread reuses a key shared by all threads: a replay race.
+                # Every 4th action of each thread reuses a key shared by all threads: a replay race,
+                # half of the threads sending another request (tier) with it: a reuse race.
                 key = f"shared-{i}" if i % 4 == 0 else None
+                if key:
+                    tier = "small" if n % 2 else "medium"
+                user = "shared" if key else f"t{n}"
                 try:
                     if i % 6 == 5:  # some batches too
                         res = actions_record_batch(organization_id=org.pk, now=NOW, actions=[
                             ActionInput(user_id=f"t{n}", tier=tier), ActionInput(user_id=f"t{n}", tier="small")])
-                        got = [("batch", it["status"], it.get("actionId")) for it in res.items]
+                        got = [("batch", it["status"], it.get("actionId"), None) for it in res.items]
                     else:
-                        r = record(org, tier, f"t{n}", key)
-                        got = [(key, 201 if r.created else 200, r.action_id)]
-                except BillingError as exc:
-                    assert exc.code == "CREDITS_EXHAUSTED"
-                    got = [(key, 402, None)]
+                        r = record(org, tier, user, key)
+                        got = [(key, 201 if r.created else 200, r.action_id, tier)]
+                except AppError as exc:
+                    assert exc.code in ("CREDITS_EXHAUSTED", "IDEMPOTENCY_KEY_REUSED"), exc.code
+                    got = [(key, 402 if exc.code == "CREDITS_EXHAUSTED" else 409, None, tier)]
                 with lock:
                     outcomes.extend(got)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -82,10 +86,17 @@ def test_parallel_records_equal_a_serial_order_and_the_rows(settings, record):
     b = CreditBalance.objects.get(organization=org)
     created = [o for o in outcomes if o[1] == 201]
     assert len(created) == rows.count() and len({o[2] for o in created}) == len(created)
-    # Each shared key: exactly one row; every 200 answered with that row's id.
+    # Each shared key: exactly one row; every 200 answered with that row's id, and only to the
+    # request that recorded it; every 409 went to the other request, and only once the row existed.
     for key in {o[0] for o in outcomes if o[0] and o[0] != "batch"}:
         ids = {o[2] for o in outcomes if o[0] == key and o[1] in (200, 201)}
         assert rows.filter(idempotency_key=key).count() == len(ids) <= 1
+        row = rows.filter(idempotency_key=key).first()
+        for _, status, _, tier in (o for o in outcomes if o[0] == key):
+            if status in (200, 201):
+                assert tier == row.tier
+            elif status == 409:
+                assert row is not None and tier != row.tier
     by = Counter(rows.values_list("tier", "paid_from"))
     for t in TIERS:
         assert by[(t, "plan")] == b.used(t) == b.included(t)  # demand exceeded supply: all used, none extra
@@ -97,4 +108,6 @@ def test_parallel_records_equal_a_serial_order_and_the_rows(settings, record):
     assert b.overage_credits_owed == owed_rows
     # Refusals only happened because everything was used up for that tier.
     assert any(o[1] == 402 for o in outcomes)
-    assert 0 < b.version <= len(created) + 1  # one bump per write transaction (batches write once)
+    # One bump per write transaction (batches write once), plus the first refusal of each tier,
+    # which records the block (blocked_<tier>_at) once per period.
+    assert 0 < b.version <= len(created) + 1 + len(TIERS)

@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from billing.errors import BillingError
 from billing.models import CreditBalance
 from billing.services.balance import balance_add_topup_credits, balance_set_plan
+from billing_project.errors import AppError
 from organizations.tests.factories import FIXED_CREATED, OrganizationFactory
 from usage.models import BillableAction
 from usage.services import action_check, action_record
@@ -81,14 +82,21 @@ class EngineMachine(RuleBasedStateMachine):
         self.org = OrganizationFactory()
         self.ref = Reference(self.buffer_percent)
         self.now = FIXED_CREATED + dt.timedelta(hours=1)
-        self.keys: dict[str, int] = {}
+        self.keys: dict[str, tuple[int, str]] = {}  # key -> (action id, tier it was recorded for)
 
     @rule(tier=st.sampled_from(TIERS), key=st.one_of(st.none(), st.sampled_from(["a", "b", "c"])))
     def record(self, tier, key):
         check = action_check(organization_id=self.org.pk, tier=tier, now=self.now)
-        if key in self.keys:  # a replay: nothing changes, the first action answers
+        if key in self.keys:  # a replay: nothing changes; the first action answers, or 409 for another tier
+            first_id, first_tier = self.keys[key]
+            if tier != first_tier:
+                with pytest.raises(AppError) as exc:
+                    action_record(organization_id=self.org.pk, user_id="u", tier=tier, now=self.now,
+                                  idempotency_key=key)
+                assert exc.value.code == "IDEMPOTENCY_KEY_REUSED" and exc.value.http_status == 409
+                return
             r = action_record(organization_id=self.org.pk, user_id="u", tier=tier, now=self.now, idempotency_key=key)
-            assert not r.created and r.action_id == self.keys[key]
+            assert not r.created and r.action_id == first_id
             return
         expected = self.ref.charge(tier)
         assert check["allowed"] == (expected is not None) and check["paidFrom"] == expected
@@ -99,7 +107,7 @@ class EngineMachine(RuleBasedStateMachine):
             return
         assert r.created and r.body["paidFrom"] == expected
         if key:
-            self.keys[key] = r.action_id
+            self.keys[key] = (r.action_id, tier)
 
     @rule(tier=st.sampled_from(TIERS))
     def use_up_the_plan(self, tier):

@@ -85,7 +85,7 @@ def test_bad_input_is_refused_before_anything_is_written(now, kw, code):
     assert not BillableAction.objects.exists() and not CreditBalance.objects.exists()
 
 
-def test_batch_charges_in_order_with_replays_and_refusals(now, settings):
+def test_batch_charges_in_order_with_replays_and_refusals(now, settings, insert_path):
     settings.BILLING_SOFT_LIMIT_BUFFER = 0
     org = OrganizationFactory()
     balance_add_topup_credits(organization_id=org.pk, amount=Decimal("16.00"), now=now)
@@ -93,7 +93,7 @@ def test_batch_charges_in_order_with_replays_and_refusals(now, settings):
     actions = [ActionInput(user_id="u", tier="xl", idempotency_key="a"),   # plan
                ActionInput(user_id="u", tier="xl"),                         # credits 15
                ActionInput(user_id="u", tier="xl", idempotency_key="b"),   # refused (1 credit left)
-               ActionInput(user_id="u", tier="small", idempotency_key="old"),  # replay of an earlier action
+               ActionInput(user_id="u1", tier="small", idempotency_key="old"),  # replay of an earlier action
                ActionInput(user_id="u", tier="xl", idempotency_key="a"),   # replay within the batch
                ActionInput(user_id="u", tier="small")]                      # plan
     result = actions_record_batch(organization_id=org.pk, actions=actions, now=now)
