@@ -61,6 +61,22 @@ DEFAULT_WAIT_SECONDS = 20.0
 _POLL_SECONDS = 0.05
 #: An in_progress claim older than this belongs to a request that died (worker killed): taken over.
 STALE_AFTER = dt.timedelta(minutes=5)
+#: Keys are honoured at least 30 days (then purged daily by `request_idempotency_purge`).
+RETENTION = dt.timedelta(days=31)
+
+
+def request_idempotency_purge(*, now: dt.datetime, batch_size: int = 5000) -> int:
+    """Delete the keys older than RETENTION, in batches (short transactions). Returns how many."""
+    cutoff, deleted = now - RETENTION, 0
+    while True:
+        ids = list(RequestIdempotency.objects.filter(created_at__lt=cutoff).order_by("pk")
+                   .values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            break
+        deleted += RequestIdempotency.objects.filter(pk__in=ids).delete()[0]
+    if deleted:
+        logger.info("purged %s request idempotency keys older than %s", deleted, cutoff)
+    return deleted
 
 
 def new_form_token() -> str:

@@ -312,3 +312,28 @@ def test_a_used_token_posted_with_other_values_changes_nothing_and_shows_the_pag
     assert "This form was already submitted" in page and _form_token(page, url) != form["idempotencyKey"]
     assert AutoTopupSettingsChange.objects.filter(organization=org).count() == 1
     assert CreditBalance.objects.get(organization=org).auto_topup_threshold == Decimal("75.00")
+
+
+@pytest.mark.django_db
+def test_keys_are_kept_30_days_then_purged_by_the_daily_task(owner_client, now):
+    import datetime as dt
+
+    from django.conf import settings
+
+    from billing.idempotency import request_idempotency_purge
+    from billing.models import RequestIdempotency
+    from billing.tasks import request_idempotency_purge_task
+
+    def row(key, age_days):
+        return RequestIdempotency.objects.create(
+            organization=owner_client.org, user=owner_client.user, key_hash=f"{key:0>64}", key=key,
+            endpoint="credits-topup", fingerprint="f" * 64, created_at=now - dt.timedelta(days=age_days),
+            updated_at=now)
+
+    kept, gone = row("a", 30), row("b", 32)
+    assert request_idempotency_purge(now=now) == 1
+    assert set(RequestIdempotency.objects.values_list("pk", flat=True)) == {kept.pk}
+    assert gone.pk not in set(RequestIdempotency.objects.values_list("pk", flat=True))
+    assert request_idempotency_purge_task.apply().get() == 0  # the beat task runs the same service
+    assert settings.CELERY_BEAT_SCHEDULE["billing-request-idempotency-purge"]["task"] == \
+        "billing.tasks.request_idempotency_purge_task"

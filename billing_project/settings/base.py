@@ -108,6 +108,9 @@ CELERY_BEAT_SCHEDULE: dict = {
     "billing-daily-health": {"task": "usage.tasks_health.send_daily_health_summary", "schedule": 86400.0},
     # Top-ups: re-queue auto top-ups stuck before the Stripe call (broker was down), flag ones stuck after it.
     "billing-topups-sweep": {"task": "billing.tasks_topups.topup_sweep", "schedule": 60.0},
+    # Browser idempotency keys (Idempotency-Key / form tokens): honoured 30 days, then purged.
+    "billing-request-idempotency-purge": {"task": "billing.tasks.request_idempotency_purge_task",
+                                          "schedule": 86400.0},
 }
 
 if REDIS_URL:
