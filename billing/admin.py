@@ -24,13 +24,14 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from billing_project.errors import AppError
 from organizations.admin import OrganizationAdmin
 from organizations.models import Organization
 
+from . import stripe_gateway
 from .admin_links import stripe_link
-from billing_project.errors import AppError
-
 from .errors import BillingError
+from .logging import log_webhook
 from .models import (
     AllowanceChange,
     AutoTopupSettingsChange,
@@ -43,6 +44,9 @@ from .models import (
 from .plans import TIERS, format_cents
 from .services.accounts import billing_account_open
 from .services.grants import MAX_GRANT_CREDITS, credit_grant_create
+from .services.plan_changes import subscription_trial_extend
+from .services.subscription_sync import subscription_sync
+from .services.webhooks import webhook_event_reprocess
 
 logger = logging.getLogger("billing.admin")
 
@@ -82,9 +86,6 @@ def _report(modeladmin, request, ok: int, failures: list[str], verb: str) -> Non
 
 def subscription_resync(subscription: Subscription, *, now) -> Subscription:
     """Re-read the subscription from Stripe (no transaction open) and apply it with subscription_sync."""
-    from . import stripe_gateway  # noqa: PLC0415 - only module importing stripe; lazy keeps admin light
-    from .services.subscriptions import subscription_sync  # noqa: PLC0415
-
     stripe_subscription = stripe_gateway.subscription_retrieve(subscription_id=subscription.stripe_subscription_id)
     return subscription_sync(stripe_subscription=stripe_subscription, now=now)
 
@@ -136,8 +137,6 @@ class SubscriptionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Extend trial…", permissions=["change"])
     def extend_trial(self, request: HttpRequest, queryset: QuerySet[Subscription]):
         """Intermediate form (days 1-30), then Stripe (no transaction open here) and subscription_sync."""
-        from .services.checkout import subscription_trial_extend  # noqa: PLC0415
-
         form = ExtendTrialForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
             return _intermediate(self, request, queryset, form=form, action="extend_trial",
@@ -230,9 +229,6 @@ class WebhookEventAdmin(FactAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Reprocess selected webhook events")
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
-        from .logging import log_webhook  # noqa: PLC0415
-        from .services.webhooks import webhook_event_reprocess  # noqa: PLC0415
-
         ok, failures = 0, []
         for event in queryset:
             try:

@@ -17,7 +17,8 @@ from billing_project.errors import AppError, InvalidRequest
 from organizations.access import org_view
 
 from .idempotency import idempotent_request
-from .services import checkout
+from .plans import PLANS
+from .services import plan_changes
 
 _TRUE = {"1", "true", "on", "yes"}
 
@@ -86,7 +87,7 @@ def _sub_json(sub) -> dict[str, Any]:
 def checkout_create(request: HttpRequest, membership) -> HttpResponse:
     def run():
         body = _body(request)
-        return {"success": True, **checkout.checkout_start(
+        return {"success": True, **plan_changes.checkout_start(
             organization=request.org, plan_tier=_plan(body), email=request.user.email or None, now=timezone.now())}
     return _respond(request, run, redirect_to=lambda r: r["url"])
 
@@ -96,7 +97,7 @@ def checkout_create(request: HttpRequest, membership) -> HttpResponse:
 def portal_create(request: HttpRequest, membership) -> HttpResponse:
     def run():
         _body(request)
-        return {"success": True, **checkout.billing_portal_open(organization=request.org, now=timezone.now())}
+        return {"success": True, **plan_changes.billing_portal_open(organization=request.org, now=timezone.now())}
     return _respond(request, run, redirect_to=lambda r: r["url"])
 
 
@@ -106,14 +107,12 @@ def portal_create(request: HttpRequest, membership) -> HttpResponse:
 def subscription_upgrade(request: HttpRequest, membership) -> HttpResponse:
     def run():
         body = _body(request)
-        sub = checkout.subscription_upgrade(organization=request.org, plan_tier=_plan(body), now=timezone.now())
+        sub = plan_changes.subscription_upgrade(organization=request.org, plan_tier=_plan(body), now=timezone.now())
         return _sub_json(sub)
     return _respond(request, run, message="Plan upgraded.")
 
 
 def _downgrade_message(sub) -> str:
-    from .plans import PLANS  # noqa: PLC0415
-
     if sub.pending_plan_tier and sub.current_period_end:
         return (f"Your plan changes to {PLANS[sub.pending_plan_tier].name} on "
                 f"{sub.current_period_end:%b %-d, %Y}; {PLANS[sub.plan_tier].name} allowances stay until then.")
@@ -126,7 +125,7 @@ def _downgrade_message(sub) -> str:
 def subscription_downgrade(request: HttpRequest, membership) -> HttpResponse:
     """Schedule a lower plan for the period end (`plan` = the current plan: keep it)."""
     def run():
-        return checkout.subscription_downgrade(organization=request.org, plan_tier=_plan(_body(request)),
+        return plan_changes.subscription_downgrade(organization=request.org, plan_tier=_plan(_body(request)),
                                                now=timezone.now())
     return _respond(request, run, as_json=_sub_json, message=_downgrade_message)
 
@@ -138,7 +137,7 @@ def subscription_downgrade_cancel(request: HttpRequest, membership) -> HttpRespo
     """Keep the current plan: cancel a pending downgrade."""
     def run():
         _body(request)
-        return checkout.subscription_downgrade_cancel(organization=request.org, now=timezone.now())
+        return plan_changes.subscription_downgrade_cancel(organization=request.org, now=timezone.now())
     return _respond(request, run, as_json=_sub_json, message=_downgrade_message)
 
 
@@ -148,7 +147,7 @@ def subscription_downgrade_cancel(request: HttpRequest, membership) -> HttpRespo
 def subscription_cancel(request: HttpRequest, membership) -> HttpResponse:
     def run():
         body = _body(request)
-        sub = checkout.subscription_cancel(organization=request.org, now=timezone.now(),
+        sub = plan_changes.subscription_cancel(organization=request.org, now=timezone.now(),
                                            at_period_end=not _flag(body.get("now")))
         return _sub_json(sub)
     return _respond(request, run, message="Subscription canceled.")
@@ -158,6 +157,6 @@ def subscription_cancel(request: HttpRequest, membership) -> HttpResponse:
 @org_view()
 def subscription_status(request: HttpRequest, membership) -> JsonResponse:
     try:
-        return JsonResponse({"success": True, **checkout.subscription_status(organization=request.org)})
+        return JsonResponse({"success": True, **plan_changes.subscription_status(organization=request.org)})
     except AppError as exc:
         return error_response(exc)

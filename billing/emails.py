@@ -11,6 +11,8 @@ from django.template.loader import render_to_string
 
 from organizations.models import ADMIN_ROLES, Membership, Organization
 
+from .plans import TOPUP_PACK_PRICE_CENTS
+
 logger = logging.getLogger("billing.emails")
 
 
@@ -43,8 +45,6 @@ _DEFAULT_PERCENT = {"usage_80": 80, "usage_100": 100}
 
 def email_template_context(*, kind: str, context: dict[str, Any]) -> dict[str, Any]:
     """The template context for `kind`: aliases filled in, top-up amounts derived from packs."""
-    from .plans import TOPUP_PACK_PRICE_CENTS  # noqa: PLC0415
-
     ctx = dict(context)
     for src, dst in _CONTEXT_ALIASES.items():
         if src in ctx and ctx.get(dst) in (None, ""):

@@ -15,7 +15,7 @@ Who calls it (every money movement and every webhook transition):
 - top-up purchase started / succeeded / failed, credits applied: TOPUP (billing.services.topups)
 - plan charge / overage recorded, period rolled, plan set: ENGINE (billing.services.balance)
 - webhook received / processed / failed / reprocessed: HOOKS (billing.webhook_views, billing.services.webhooks)
-- subscription synced (tier/status change): HOOKS (billing.services.subscriptions)
+- subscription synced (tier/status change): HOOKS (billing.services.subscription_sync)
 """
 from __future__ import annotations
 

@@ -12,20 +12,20 @@ from typing import Any
 
 from django.db import transaction
 
+from . import enqueue
+
 logger = logging.getLogger("billing.notifications")
 
 
 def notify_org_admins(*, organization_id, kind: str, context: dict[str, Any] | None = None) -> None:
     """Queue an email of `kind` to the org's owners and admins once the current transaction commits.
     `context` must be JSON-serializable (it crosses the broker)."""
-    from .tasks import send_org_admin_email  # noqa: PLC0415 - tasks import services, avoid a cycle
-
     payload = dict(context or {})
     org_id = str(organization_id)
 
     def _enqueue() -> None:
         try:
-            send_org_admin_email.delay(org_id, kind, payload)
+            enqueue.send_org_admin_email(organization_id=org_id, kind=kind, context=payload)
         except Exception:  # noqa: BLE001 - the broker being down must not fail the business write
             logger.exception("could not queue %s email for org %s", kind, org_id)
 

@@ -32,7 +32,9 @@ from .plans import (
     Plan,
     format_cents,
 )
-from .selectors import BalanceStatus, TierStatus, balance_status
+from .models import AutoTopupSettingsChange, CreditPurchase, Invoice, Subscription
+from .models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from .selectors import BalanceStatus, TierStatus, balance_status, balance_summary
 from .services.topups import (
     AUTO_TOPUP_CAP_MAX,
     AUTO_TOPUP_PACKS_MAX,
@@ -195,21 +197,11 @@ def auto_topup_resubmitted(state: AutoTopup, *, data: dict[str, Any], error: App
 
 def _balance_summary(*, organization: Organization, now: datetime, status: BalanceStatus | None = None
                      ) -> dict | None:
-    """The engine's summary, or None while the engine has not landed (import kept lazy on purpose)."""
-    try:
-        from .selectors import balance_summary  # noqa: PLC0415
-    except ImportError:
-        return None
+    """The engine's summary."""
     return balance_summary(organization=organization, now=now, status=status)
 
 
 def _current_subscription(organization: Organization):
-    try:
-        from .models import Subscription  # noqa: PLC0415
-    except ImportError:
-        return None
-    from .models.subscriptions import LIVE_SUBSCRIPTION_STATUSES  # noqa: PLC0415
-
     subs = Subscription.objects.filter(organization=organization)
     return (subs.filter(status__in=list(LIVE_SUBSCRIPTION_STATUSES)).order_by("-created_at").first()
             or subs.order_by("-created_at").first())
@@ -353,8 +345,6 @@ def _pending_upgrade(sub, *, now: datetime) -> dict[str, Any]:
 
 def _pending(sub) -> bool:
     """A live subscription with a downgrade scheduled for its period end."""
-    from .models.subscriptions import LIVE_SUBSCRIPTION_STATUSES  # noqa: PLC0415
-
     return bool(sub is not None and getattr(sub, "pending_plan_tier", "") and sub.status in LIVE_SUBSCRIPTION_STATUSES
                 and sub.current_period_end and not sub.cancel_at_period_end)
 
@@ -591,8 +581,6 @@ def _subscription_events(subs, now: datetime) -> list[HistoryEvent]:
 
 
 def invoices_context(*, membership: Membership, now: datetime) -> dict[str, Any]:
-    from .models import AutoTopupSettingsChange, CreditPurchase, Invoice, Subscription  # noqa: PLC0415
-
     org = membership.organization
     invoices = list(Invoice.objects.filter(organization=org).order_by("-created_at", "-id")[:INVOICES_SHOWN])
     purchases = list(CreditPurchase.objects.filter(organization=org).order_by("-created_at", "-id")[:PURCHASES_SHOWN])

@@ -27,6 +27,7 @@ from django.conf import settings
 from billing_project.api import json_loads_strict
 
 from .errors import BillingError
+from .stripe_payloads import stripe_id
 
 logger = logging.getLogger("billing.stripe")
 
@@ -414,13 +415,13 @@ def subscription_upgrade_price(*, subscription_id: str, price_id: str,
 
 
 def _pending_reason(sub: dict[str, Any], *, expires_at: int | None) -> PendingUpgrade:
-    invoice_id = stripe_id_of(sub.get("latest_invoice"))
+    invoice_id = stripe_id(sub.get("latest_invoice"))
     invoice = invoice_retrieve(invoice_id) if invoice_id else {}
     code, message = "CARD_DECLINED", "the card was declined; pay the invoice with another card"
     payments = ((invoice.get("payments") or {}).get("data") or [])
     pi_id = None
     for payment in reversed(payments):
-        pi_id = stripe_id_of((payment.get("payment") or {}).get("payment_intent"))
+        pi_id = stripe_id((payment.get("payment") or {}).get("payment_intent"))
         if pi_id:
             break
     if pi_id:
@@ -438,12 +439,6 @@ def _pending_reason(sub: dict[str, Any], *, expires_at: int | None) -> PendingUp
     return PendingUpgrade(code=code, message=message, invoice_id=invoice_id or "",
                           hosted_invoice_url=invoice.get("hosted_invoice_url") or "",
                           amount_due_cents=int(invoice.get("amount_due") or 0), expires_at=expires_at)
-
-
-def stripe_id_of(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("id")
-    return str(value) if value else None
 
 
 def subscription_cancel(*, subscription_id: str, idempotency_key: str,

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from billing_project.api import json_api, parse_json_body
-from billing_project.errors import AppError
+from billing_project.errors import AppError, InvalidRequest
 from organizations.access import org_view
 
 from .idempotency import idempotent_request
@@ -133,8 +133,6 @@ def _auto_topup_json(request: HttpRequest, membership):
 
 
 def _auto_topup(request: HttpRequest, membership, data: dict[str, Any], *, form: bool) -> dict[str, Any]:
-    from billing_project.errors import InvalidRequest  # noqa: PLC0415
-
     if form:
         enabled = bool(_flag(data.get("enabled")))  # an unchecked checkbox is absent from the form
     else:

@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 
 from billing_project.errors import NotFound, PermissionDeniedError
 
-from .models import ADMIN_ROLES, Membership, Organization
+from .models import ADMIN_ROLES, ApiKey, Membership, Organization
 
 
 def _is_slug(ref: object) -> bool:
@@ -58,7 +58,5 @@ def organization_get(*, org_ref: str) -> Organization:
 
 def api_keys_for_org(*, organization: Organization) -> QuerySet:
     """The org's API keys, newest first, active before revoked (for the API keys page)."""
-    from .models import ApiKey  # noqa: PLC0415
-
     return ApiKey.objects.filter(organization=organization).select_related("created_by").order_by(
         "revoked_at", "-created_at")

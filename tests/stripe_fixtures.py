@@ -141,7 +141,7 @@ class StripeTestEnv:
 def stripe_settings(stripe_sim: StripeSim, settings) -> StripeTestEnv:
     """Fresh simulator state, settings pointed at it, catalog prices created (no DB needed)."""
     from billing import stripe_gateway
-    from billing.services.checkout import stripe_portal_configuration_ensure, stripe_prices_ensure
+    from billing.services.plan_changes import stripe_portal_configuration_ensure, stripe_prices_ensure
 
     stripe_sim.reset()
     stripe_sim.configure_webhooks(None, SIM_WEBHOOK_SECRET)

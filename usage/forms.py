@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import urlencode
 
 from django import forms
 
@@ -41,8 +42,6 @@ class ActionFilterForm(forms.Form):
 
     def querystring(self) -> str:
         """The active filters as a query string fragment (for pagination / export links)."""
-        from urllib.parse import urlencode  # noqa: PLC0415
-
         f = self.filters()
         pairs = [("tier", f.tier), ("agent", f.agent_id),
                  ("date_from", f.date_from.isoformat() if f.date_from else None),

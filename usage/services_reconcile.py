@@ -44,10 +44,25 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
+from billing import stripe_gateway
+from billing.errors import BillingError
 from billing.logging import log_money
-from billing.models import CreditBalance, CreditPurchase
+from billing.models import ENDED_SUBSCRIPTION_STATUSES, CreditBalance, CreditPurchase, Subscription
 from billing.plans import PLANS, TIERS
 from billing.services.balance import allowances_in_effect, balance_for_update
+from billing.services.health import (
+    checkout_intent_row,
+    checkout_intents_stuck,
+    health_summary_build,
+    health_summary_send,
+    purchase_row,
+    purchases_stuck,
+    webhook_events_failed,
+    webhook_events_stuck,
+    webhook_row,
+)
+from billing.services.subscription_sync import plan_tier_for_price
+from billing.stripe_payloads import iso, stripe_ts
 from organizations.models import Organization
 
 from .models import BillableAction
@@ -139,6 +154,8 @@ class ReconcileReport:
 def _json_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, dt.datetime):
+        return iso(value)
     return value
 
 
@@ -369,8 +386,6 @@ class StripeReport:
 def _stripe_view(obj: dict) -> dict[str, Any]:
     """The fields we mirror, read from a Stripe subscription object (period on the item since
     API 2025-03-31, at the top level before)."""
-    from billing.services.subscriptions import plan_tier_for_price, stripe_ts  # noqa: PLC0415
-
     items = ((obj.get("items") or {}).get("data") or [{}])
     item = items[0] if items else {}
     price = item.get("price") or {}
@@ -384,19 +399,6 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
     """Compare every not-ended local subscription with Stripe (one gateway read each, no DB
     transaction open), check the org mirrors its live subscription, and list purchases and
     webhook events stuck mid-way."""
-    from billing import stripe_gateway  # noqa: PLC0415 - the only module importing stripe
-    from billing.errors import BillingError  # noqa: PLC0415
-    from billing.models import ENDED_SUBSCRIPTION_STATUSES, Subscription  # noqa: PLC0415
-    from billing.services.health import (  # noqa: PLC0415
-        checkout_intent_row,
-        checkout_intents_stuck,
-        purchase_row,
-        purchases_stuck,
-        webhook_events_failed,
-        webhook_events_stuck,
-        webhook_row,
-    )
-
     report = StripeReport()
     subs = (Subscription.objects.exclude(status__in=list(ENDED_SUBSCRIPTION_STATUSES))
             .select_related("organization").order_by("pk"))
@@ -420,8 +422,8 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
                  "current_period_end": sub.current_period_end}
         for name, value in local.items():
             if remote[name] is not None and remote[name] != value:
-                report.mismatches.append({**base, "field": name, "local": _json_value(_iso(value)),
-                                          "stripe": _json_value(_iso(remote[name]))})
+                report.mismatches.append({**base, "field": name, "local": _json_value(value),
+                                          "stripe": _json_value(remote[name])})
     purchases = purchases_stuck(now=now)
     failed = webhook_events_failed(now=now)
     if org_slug is not None:
@@ -437,17 +439,11 @@ def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeRe
     return report
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, dt.datetime) else value
-
-
 # --- daily health summary (billing builds and sends it; the drift count comes from here) ---------
 
 def health_summary_daily_send(*, now: dt.datetime):
     """Count balance drift (a read-only reconcile of every org), add billing's stuck/failed lists,
     and email the summary to settings.BILLING_ADMIN_EMAIL. Returns the HealthSummary."""
-    from billing.services.health import health_summary_build, health_summary_send  # noqa: PLC0415
-
     report = reconcile_orgs(now=now, fix=False, actor="daily-health")
     slugs = list(dict.fromkeys(d.org_slug for d in report.drifts))
     summary = health_summary_build(now=now, drifted_orgs=report.drifted_orgs, drift_fields=len(report.drifts),

@@ -1,6 +1,6 @@
 """Checkout intents: one row per attempt to open a subscription Checkout Session (outgoing idempotency).
 
-Written only by `billing.services.checkout` (create / started / session recorded / expired) and by the
+Written only by `billing.services.plan_changes` (create / started / session recorded / expired) and by the
 `checkout.session.completed` webhook (completed). The row is committed before Stripe is called and the
 call's idempotency key is `checkout:{row.pk}`, so a retry of the same intent can never create a second
 session, and a row left STARTED (we crashed between Stripe's answer and recording it) is listed by

@@ -1,6 +1,6 @@
 """Stripe subscriptions, mirrored locally (one row per Stripe subscription ever seen).
 
-Written only by `billing.services.subscriptions.subscription_sync` (from a Stripe subscription
+Written only by `billing.services.subscription_sync.subscription_sync` (from a Stripe subscription
 object, via webhooks or a re-read) and by the dunning service (grace period). Checkout services
 may create the row early from the object Stripe returned; they also go through subscription_sync.
 """

@@ -23,13 +23,15 @@ from django.db import transaction
 
 from organizations.models import Organization, SubscriptionStatus
 
+from .. import stripe_gateway
 from ..errors import BillingError
 from ..logging import log_money
 from ..models.invoices import Invoice, InvoiceStatus, InvoiceType
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES, StripeSubscriptionStatus, Subscription
 from ..notifications import notify_org_admins
 from ..plans import PLANS, format_cents
-from .subscriptions import _lock_balance, iso, subscription_sync
+from ..stripe_payloads import iso
+from .subscription_sync import _lock_balance, subscription_sync
 
 logger = logging.getLogger("billing.dunning")
 
@@ -175,8 +177,6 @@ def _send_grace_reminders(*, now: dt.datetime, result: DunningResult) -> None:
 def _cancel_and_sync(*, sub: Subscription, idempotency_key: str, now: dt.datetime) -> Subscription:
     """Cancel in Stripe (no transaction open), then apply Stripe's answer. If Stripe says it is
     already gone, re-read it and apply that."""
-    from .. import stripe_gateway  # noqa: PLC0415 - the only module importing stripe
-
     _no_transaction()
     try:
         snap = stripe_gateway.subscription_cancel(subscription_id=sub.stripe_subscription_id,
@@ -194,8 +194,6 @@ def _paid_up_at_stripe(*, sub: Subscription, now: dt.datetime) -> Subscription |
     subscription is active again, the invoice got paid and its webhook has not reached us (lost, or
     FAILED awaiting reprocessing). Apply Stripe's state (clears the grace) and return the row;
     None = still unpaid, go on with the cancel."""
-    from .. import stripe_gateway  # noqa: PLC0415
-
     _no_transaction()
     snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
     if snap.obj.get("status") not in (StripeSubscriptionStatus.ACTIVE, StripeSubscriptionStatus.TRIALING):
@@ -260,8 +258,6 @@ def _each_guarded(subs, run, *, what: str, result: DunningResult):
 
 
 def _renewal_resync(*, sub: Subscription, now: dt.datetime) -> Subscription:
-    from .. import stripe_gateway  # noqa: PLC0415
-
     _no_transaction()
     snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)
     return subscription_sync(stripe_subscription=snap, now=now)
@@ -273,8 +269,6 @@ def _no_transaction() -> None:
 
 
 def _trial_resolve(*, sub: Subscription, now: dt.datetime) -> Subscription | None:
-    from .. import stripe_gateway  # noqa: PLC0415
-
     _no_transaction()
 
     snap = stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id)

@@ -25,6 +25,7 @@ from django.db.models.functions import Coalesce
 
 from organizations.models import Organization
 
+from .. import enqueue, stripe_gateway
 from ..errors import BillingError
 from ..logging import log_money
 from ..models import (
@@ -98,14 +99,8 @@ def topup_finish_url(*, purchase: CreditPurchase) -> str:
 # Gateway adapters (the only place this module talks to billing.stripe_gateway)
 # ==================================================================================================
 
-def _gateway():
-    from .. import stripe_gateway  # noqa: PLC0415 - the gateway imports stripe; keep import cheap
-
-    return stripe_gateway
-
-
 def _charge_off_session(*, purchase: CreditPurchase, customer_id: str, idempotency_key: str) -> dict[str, Any]:
-    return _gateway().payment_intent_create_off_session(
+    return stripe_gateway.payment_intent_create_off_session(
         customer_id=customer_id,
         amount_cents=purchase.amount_cents,
         currency=purchase.currency,
@@ -117,7 +112,7 @@ def _charge_off_session(*, purchase: CreditPurchase, customer_id: str, idempoten
 
 def _create_checkout(*, purchase: CreditPurchase, customer_id: str | None, idempotency_key: str,
                      success_url: str, cancel_url: str) -> dict[str, Any]:
-    return _gateway().checkout_session_create(
+    return stripe_gateway.checkout_session_create(
         mode="payment",
         customer_id=customer_id,
         price_id=settings.STRIPE_PRICE_CREDITS_500,
@@ -397,11 +392,8 @@ def _auto_packs_this_month(*, organization_id, now: dt.datetime) -> int:
 
 def _enqueue_charge(purchase_id: int) -> bool:
     """Send the charge task now. Never raises: a broker outage is logged and the sweeper re-queues."""
-    from ..tasks_topups import topup_charge  # noqa: PLC0415 - tasks import services
-
     try:
-        # retry=False: with Redis down, fail fast instead of holding the caller for kombu's retries.
-        topup_charge.apply_async(args=[purchase_id], retry=False)
+        enqueue.topup_charge(purchase_id=purchase_id)
         return True
     except Exception:  # noqa: BLE001 - the sweeper is the retry
         logger.exception("could not queue top-up %s; the sweeper will re-queue it", purchase_id)

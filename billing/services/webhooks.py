@@ -23,7 +23,6 @@ keeps it retryable.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from django.db.models import F, Q
 
 from organizations.models import Organization
 
+from .. import enqueue, stripe_gateway
 from ..errors import BillingError
 from ..logging import log_webhook
 from ..models.checkout_intents import CheckoutIntent
@@ -41,15 +41,12 @@ from ..models.invoices import Invoice, InvoiceStatus, InvoiceType
 from ..models.subscriptions import Subscription
 from ..models.webhooks import WebhookEvent, WebhookEventStatus
 from ..notifications import notify_org_admins
-from ..plans import format_cents
-from .subscriptions import (
-    iso,
-    organization_id_for_stripe,
-    stripe_id,
-    stripe_ts,
-    subscription_organization_id,
-    subscription_sync,
-)
+from ..plans import PLANS, format_cents
+from ..stripe_payloads import iso, stripe_id, stripe_ts
+from .dunning import dunning_invoice_paid, dunning_invoice_payment_failed
+from .plan_changes import checkout_intent_complete, checkout_intent_expire
+from .subscription_sync import organization_id_for_stripe, subscription_organization_id, subscription_sync
+from .topups import topup_checkout_completed, topup_payment_failed, topup_payment_succeeded
 
 logger = logging.getLogger("billing.webhooks")
 
@@ -57,13 +54,10 @@ logger = logging.getLogger("billing.webhooks")
 WEBHOOK_TOLERANCE_SECONDS = 300
 #: Largest body we accept (Stripe events are a few KB).
 WEBHOOK_MAX_BODY_BYTES = 512 * 1024
-#: Processing attempts after the first one, with exponential backoff (see billing.tasks_webhooks).
+#: Processing attempts after the first one, with exponential backoff (see billing.tasks.webhook_process).
 WEBHOOK_MAX_RETRIES = 5
 #: Pending events older than this are re-queued by the periodic sweep (a lost on-commit send).
 WEBHOOK_REQUEUE_AFTER = dt.timedelta(minutes=10)
-
-#: Name of the top-ups module whose hooks handle credit purchases (the top-up issue builds it).
-TOPUPS_MODULE = "billing.services.topups"
 
 
 class WebhookRejected(BillingError):
@@ -124,8 +118,6 @@ def webhook_event_verify(*, payload: bytes, sig_header: str, now: dt.datetime) -
     """The verified event as a dict, or WebhookRejected with one of the stable codes
     WEBHOOK_PAYLOAD_TOO_LARGE, WEBHOOK_SIGNATURE_MISSING, WEBHOOK_TIMESTAMP_STALE,
     WEBHOOK_SIGNATURE_INVALID, WEBHOOK_PAYLOAD_INVALID, WEBHOOK_API_VERSION_MISMATCH."""
-    from .. import stripe_gateway  # noqa: PLC0415 - the only module importing stripe
-
     if len(payload) > WEBHOOK_MAX_BODY_BYTES:
         raise _reject("WEBHOOK_PAYLOAD_TOO_LARGE", f"body of {len(payload)} bytes")
     if not sig_header:
@@ -180,10 +172,8 @@ def webhook_event_receive(*, payload: bytes, sig_header: str, now: dt.datetime) 
 
 
 def _enqueue(event_pk: int) -> None:
-    from ..tasks_webhooks import webhook_process  # noqa: PLC0415 - tasks import services
-
     try:
-        webhook_process.delay(event_pk)
+        enqueue.webhook_process(event_id=event_pk)
     except Exception:  # noqa: BLE001 - broker down: the row stays pending and the sweep re-queues it
         logger.exception("could not queue webhook event %s; the periodic sweep will retry", event_pk)
 
@@ -284,8 +274,6 @@ def _created(event: dict) -> int:
 
 def _subscription_from_stripe(*, subscription_id: str, now: dt.datetime) -> Subscription:
     """Fresh read of a subscription from Stripe (no transaction open), then sync it."""
-    from .. import stripe_gateway  # noqa: PLC0415
-
     obj = stripe_gateway.subscription_retrieve(subscription_id=subscription_id)
     return subscription_sync(stripe_subscription=obj, now=now)
 
@@ -294,8 +282,6 @@ def _not_ours_unless_pending(*, what: str, customer_id: str | None) -> NoReturn:
     """`what` names no org of ours. Retryable ORG_NOT_FOUND if its customer has a checkout session we
     created that is open or complete (its completion links the customer to the org: the event is ours
     then), or if Stripe cannot tell us now; otherwise WebhookNotOurs (ignored with the reason)."""
-    from .. import stripe_gateway  # noqa: PLC0415
-
     if customer_id:
         try:
             sessions = stripe_gateway.checkout_session_list(customer_id=customer_id)
@@ -322,23 +308,6 @@ def _require_our_subscription(obj: dict) -> None:
                                  customer_id=stripe_id(obj.get("customer")))
 
 
-def _topups_hook(name: str, **kwargs: Any) -> bool:
-    """Call `billing.services.topups.<name>(**kwargs)` if the top-up issue has built it.
-    Returns False (and logs) when the module or function is missing: the event is still processed."""
-    try:
-        module = importlib.import_module(TOPUPS_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != TOPUPS_MODULE:
-            raise
-        module = None
-    hook = getattr(module, name, None) if module is not None else None
-    if hook is None:
-        logger.warning("credit purchase event not applied: %s.%s does not exist yet", TOPUPS_MODULE, name)
-        return False
-    hook(**kwargs)
-    return True
-
-
 def handle_checkout_session_completed(*, event: dict, now: dt.datetime) -> None:
     session = _object(event)
     mode = session.get("mode")
@@ -362,11 +331,9 @@ def handle_checkout_session_completed(*, event: dict, now: dt.datetime) -> None:
             raise BillingError(f"checkout session {session.get('id')} completed without a subscription",
                                code="STRIPE_OBJECT_INVALID")
         _subscription_from_stripe(subscription_id=sub_id, now=now)
-        from .checkout import checkout_intent_complete  # noqa: PLC0415 - checkout imports this package's siblings
-
         checkout_intent_complete(stripe_session=session, now=now)
     elif mode == "payment":
-        _topups_hook("topup_checkout_completed", stripe_session=session, now=now)
+        topup_checkout_completed(stripe_session=session, now=now)
     else:
         logger.info("checkout session %s in mode %r: nothing to do", session.get("id"), mode)
 
@@ -374,8 +341,6 @@ def handle_checkout_session_completed(*, event: dict, now: dt.datetime) -> None:
 def handle_checkout_session_expired(*, event: dict, now: dt.datetime) -> None:
     session = _object(event)
     if session.get("mode") == "subscription":
-        from .checkout import checkout_intent_expire  # noqa: PLC0415
-
         checkout_intent_expire(stripe_session=session, now=now)
     else:
         logger.info("checkout session %s (%s) expired: nothing to do", session.get("id"), session.get("mode"))
@@ -395,8 +360,6 @@ def handle_subscription_trial_will_end(*, event: dict, now: dt.datetime) -> None
         logger.info("trial_will_end for %s ignored: subscription is %s", sub.stripe_subscription_id, sub.status)
         return
     has_card = bool(obj.get("default_payment_method") or obj.get("default_source"))
-    from ..plans import PLANS  # noqa: PLC0415
-
     notify_org_admins(organization_id=sub.organization_id, kind="trial_ending", context={
         "plan": PLANS[sub.plan_tier].name, "trial_end": iso(sub.trial_end), "has_payment_method": has_card,
         "price": format_cents(PLANS[sub.plan_tier].price_cents),
@@ -486,8 +449,6 @@ def invoice_sync(*, stripe_invoice: dict, now: dt.datetime, event_created: int |
 
 
 def handle_invoice_event(*, event: dict, now: dt.datetime) -> None:
-    from .dunning import dunning_invoice_paid, dunning_invoice_payment_failed  # noqa: PLC0415
-
     obj = _object(event)
     event_type = event["type"]
     sub_id = _invoice_subscription_id(obj)
@@ -518,12 +479,12 @@ def handle_invoice_event(*, event: dict, now: dt.datetime) -> None:
 
 
 def handle_payment_intent_succeeded(*, event: dict, now: dt.datetime) -> None:
-    # Subscription invoices' intents are no top-up: the hook returns None for them (invoice.* carry those).
-    _topups_hook("topup_payment_succeeded", stripe_payment_intent=_object(event), now=now)
+    # Subscription invoices' intents are no top-up: the handler returns None for them (invoice.* carry those).
+    topup_payment_succeeded(stripe_payment_intent=_object(event), now=now)
 
 
 def handle_payment_intent_failed(*, event: dict, now: dt.datetime) -> None:
-    _topups_hook("topup_payment_failed", stripe_payment_intent=_object(event), now=now)
+    topup_payment_failed(stripe_payment_intent=_object(event), now=now)
 
 
 HANDLERS: dict[str, Callable[..., None]] = {

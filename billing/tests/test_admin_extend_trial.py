@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Subscription, WebhookEvent
-from billing.services.checkout import checkout_start
+from billing.services.plan_changes import checkout_start
 from organizations.tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 
 from .webhook_support import replay_sim_events

@@ -28,7 +28,7 @@ def subscribed(client, stripe_settings):
     session_id = resp.json()["sessionId"]
     stripe_settings.sim.complete_checkout(session_id)
     sub_id = gw.checkout_session_retrieve(session_id)["subscription"]
-    from billing.services.subscriptions import subscription_sync
+    from billing.services.subscription_sync import subscription_sync
 
     subscription_sync(stripe_subscription=gw.subscription_retrieve(sub_id), now=timezone.now())
     client.logout()

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from billing import stripe_gateway as gw
 from billing.models import Subscription
-from billing.services import checkout
+from billing.services import plan_changes
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
 
@@ -37,7 +37,7 @@ def _subscribe(client, membership, sim, *, tier="pro", card=""):
     sim.complete_checkout(body["sessionId"], card=card)
     sub_id = gw.checkout_session_retrieve(body["sessionId"])["subscription"]
     # What the webhook handler would do once checkout.session.completed lands (tested by the hooks' suite):
-    from billing.services.subscriptions import subscription_sync
+    from billing.services.subscription_sync import subscription_sync
     subscription_sync(stripe_subscription=gw.subscription_retrieve(sub_id), now=timezone.now())
     return body, sub_id
 
@@ -155,4 +155,4 @@ def test_stripe_setup_command_prints_env_lines(stripe_settings, capsys):
 def test_services_refuse_to_call_stripe_inside_a_transaction(owner, stripe_settings):
     from django.db import transaction
     with pytest.raises(RuntimeError), transaction.atomic():
-        checkout.stripe_customer_ensure(organization=owner.organization, email=None, now=timezone.now())
+        plan_changes.stripe_customer_ensure(organization=owner.organization, email=None, now=timezone.now())

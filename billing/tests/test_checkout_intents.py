@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from billing import stripe_gateway as gw
 from billing.models import CheckoutIntent
-from billing.services.checkout import checkout_start
+from billing.services.plan_changes import checkout_start
 from billing.services.health import checkout_intents_stuck
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from billing import stripe_gateway as gw
 from billing.models import Subscription
-from billing.services.checkout import checkout_start
+from billing.services.plan_changes import checkout_start
 from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory

@@ -115,7 +115,7 @@ def test_saved_cards_attach_default_and_charge(stripe_settings):
 
 
 def test_price_lookup_and_setup_is_idempotent(stripe_settings):
-    from billing.services.checkout import stripe_prices_ensure
+    from billing.services.plan_changes import stripe_prices_ensure
     prices = stripe_settings.prices
     assert set(prices) == {"STRIPE_PRICE_STARTER", "STRIPE_PRICE_PRO", "STRIPE_PRICE_MAX", "STRIPE_PRICE_CREDITS_500"}
     assert stripe_prices_ensure() == prices  # second run creates nothing new

@@ -15,7 +15,7 @@ import pytest
 from billing.models import CreditBalance, Subscription
 from billing.plans import PLANS
 from billing.services.balance import balance_charge, balance_set_plan, free_period
-from billing.services.subscriptions import subscription_sync
+from billing.services.subscription_sync import subscription_sync
 from billing.stripe_gateway import SubscriptionSnapshot
 
 from .webhook_support import (  # noqa: F401 - fixtures are used by name

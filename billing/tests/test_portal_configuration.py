@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from billing import stripe_gateway as gw
-from billing.services import checkout
+from billing.services import plan_changes
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
 
@@ -28,7 +28,8 @@ SWITCH_FORM = re.compile(r'<form[^>]+action="/portal/[^"]+/switch"')
 def subscribed_org(stripe_settings):
     """An org with a paying pro subscription at the simulator (checkout completed with a card)."""
     org = MembershipFactory(role=Role.OWNER, organization__trial_ends_at=timezone.now()).organization
-    start = checkout.checkout_start(organization=org, plan_tier="pro", email="owner@example.test", now=timezone.now())
+    start = plan_changes.checkout_start(organization=org, plan_tier="pro", email="owner@example.test",
+                                        now=timezone.now())
     sub_id = stripe_settings.sim.complete_checkout(start["sessionId"], card="4242424242424242")["subscription"]
     org.refresh_from_db()
     return org, sub_id
@@ -43,7 +44,7 @@ def _page(url: str) -> str:
 def test_our_portal_offers_no_plan_switch_and_cancels_at_period_end(subscribed_org, stripe_settings, settings):
     org, sub_id = subscribed_org
     assert settings.STRIPE_PORTAL_CONFIGURATION.startswith("bpc_")
-    url = checkout.billing_portal_open(organization=org, now=timezone.now())["url"]
+    url = plan_changes.billing_portal_open(organization=org, now=timezone.now())["url"]
     html = _page(url)
     assert 'action="/portal/' in html and "/cancel" in html  # the page is the portal, with its cancel form
     assert not SWITCH_FORM.search(html) and "Switch to" not in html
@@ -75,7 +76,7 @@ def test_configuration_is_found_by_metadata_when_the_setting_is_empty(subscribed
     org, _sub_id = subscribed_org
     ours = settings.STRIPE_PORTAL_CONFIGURATION
     settings.STRIPE_PORTAL_CONFIGURATION = ""
-    url = checkout.billing_portal_open(organization=org, now=timezone.now())["url"]
+    url = plan_changes.billing_portal_open(organization=org, now=timezone.now())["url"]
     assert not SWITCH_FORM.search(_page(url))
     assert ours in {c["id"] for c in gw.billing_portal_configuration_list()}
 

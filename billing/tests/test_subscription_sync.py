@@ -11,7 +11,7 @@ from billing.errors import BillingError
 from billing.models import CreditBalance, Subscription
 from billing.plans import PLANS
 from billing.services.balance import balance_add_topup_credits, balance_charge
-from billing.services.subscriptions import plan_tier_for_price, subscription_sync
+from billing.services.subscription_sync import plan_tier_for_price, subscription_sync
 from organizations.models import Organization
 
 from .webhook_support import DAY, PRICES, hooks_stripe_settings, org, subscription_obj, ts, uid  # noqa: F401 - fixtures are used by name

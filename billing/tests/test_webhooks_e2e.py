@@ -18,7 +18,7 @@ from django.utils import timezone
 from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Subscription, WebhookEvent
 from billing.services.balance import balance_charge
-from billing.services.checkout import checkout_start, stripe_portal_configuration_ensure, stripe_prices_ensure
+from billing.services.plan_changes import checkout_start, stripe_portal_configuration_ensure, stripe_prices_ensure
 from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory

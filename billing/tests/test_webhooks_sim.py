@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Invoice, Subscription, WebhookEvent
 from billing.services.balance import balance_charge
-from billing.services.checkout import checkout_start
+from billing.services.plan_changes import checkout_start
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
 from .webhook_support import replay_sim_events
@@ -117,9 +117,12 @@ def test_missed_renewal_is_resynced_by_the_dunning_pass(org, stripe_settings, cl
     paid_period_start = CreditBalance.objects.get(organization_id=org.pk).period_start
     assert CreditBalance.objects.get(organization_id=org.pk).used_small == 1
 
-    sim.advance_clock(31 * 86400)  # renewal at Stripe; its events are never delivered
+    # Renewal at Stripe (its events are never delivered), at the period's real end: a month is 28 to
+    # 31 days depending on today's date, so the test steps relative to it, not by a fixed 31 days.
+    period_end = sub.current_period_end
+    sim.advance_clock(int((period_end - dt.datetime.fromtimestamp(sim.now(), tz=dt.timezone.utc)).total_seconds()) + 60)
+    assert dunning_enforce(now=period_end + dt.timedelta(minutes=59)).renewals_resynced == []  # not overdue yet
     sim_now = dt.datetime.fromtimestamp(sim.now(), tz=dt.timezone.utc)
-    assert dunning_enforce(now=sim_now - dt.timedelta(days=1, hours=23)).renewals_resynced == []  # not overdue yet
     result = dunning_enforce(now=sim_now + dt.timedelta(hours=2))
     assert result.renewals_resynced == [sub_id] and result.errors == []
     sub.refresh_from_db()

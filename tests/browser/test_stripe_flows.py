@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from billing import stripe_gateway as gw
 from billing.models import CreditPurchase, Subscription
-from billing.services.checkout import checkout_start
+from billing.services.plan_changes import checkout_start
 from organizations.models import Organization
 from tests.helpers import wait_until
 

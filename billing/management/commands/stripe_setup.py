@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from billing.errors import BillingError
-from billing.services.checkout import stripe_portal_configuration_ensure, stripe_prices_ensure
+from billing.services.plan_changes import stripe_portal_configuration_ensure, stripe_prices_ensure
 
 
 class Command(BaseCommand):

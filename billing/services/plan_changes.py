@@ -1,5 +1,6 @@
-"""Subscriptions through Stripe: start Checkout, open the billing portal, upgrade now (prorated),
-cancel (at period end or now), status; and the Stripe price catalog (`stripe_setup`).
+"""Plan changes through Stripe: start Checkout, open the billing portal, upgrade now (prorated),
+downgrade at period end, cancel (at period end or now), extend a trial, status; and the Stripe price
+catalog and portal configuration (`stripe_setup`). Stripe's answers are applied by `subscription_sync`.
 
 No Stripe call happens inside a DB transaction: the org row is read, Stripe is called with an
 idempotency key derived from our own rows (org id / subscription id + the requested change), and
@@ -26,7 +27,8 @@ from ..models.checkout_intents import CheckoutIntent, CheckoutIntentStatus
 from ..models.invoices import Invoice, InvoiceStatus
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES, Subscription
 from ..plans import CURRENCY, PAID_PLAN_TIERS, PLANS, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, TRIAL_DAYS
-from .subscriptions import stripe_ts, subscription_sync
+from ..stripe_payloads import iso, stripe_ts
+from .subscription_sync import subscription_sync
 
 logger = logging.getLogger("billing.checkout")
 
@@ -506,9 +508,6 @@ def subscription_status(*, organization) -> dict[str, Any]:
     """What the dashboard and API show: the org's plan and its Stripe subscription (if any)."""
     sub = subscription_current(organization=organization) or (
         Subscription.objects.filter(organization=organization).order_by("-created_at", "-pk").first())
-
-    def iso(value: dt.datetime | None) -> str | None:
-        return value.isoformat() if value else None
 
     return {
         "orgId": str(organization.pk),

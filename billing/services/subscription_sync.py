@@ -33,6 +33,7 @@ from organizations.models import Organization, PlanTier, SubscriptionStatus
 
 from ..errors import BillingError
 from ..models.allowances import AllowanceChange
+from ..models.balance import CreditBalance
 from ..models.subscriptions import (
     ENDED_SUBSCRIPTION_STATUSES,
     LIVE_SUBSCRIPTION_STATUSES,
@@ -42,6 +43,8 @@ from ..models.subscriptions import (
 from ..notifications import notify_org_admins
 from ..plans import PAID_PLAN_TIERS, PLANS
 from ..stripe_gateway import SubscriptionSnapshot
+from ..stripe_payloads import iso, stripe_id, stripe_ts
+from .balance import balance_set_plan, balance_upgrade_prorated, free_period
 
 logger = logging.getLogger("billing.subscriptions")
 
@@ -52,25 +55,7 @@ _PRICE_SETTINGS = (
 )
 
 
-# --- small parsing helpers (shared with the webhook and dunning services) -----------------------
-
-def stripe_id(value: Any) -> str | None:
-    """`"cus_1"` or `{"id": "cus_1", …}` (an expanded object) -> `"cus_1"`; None/"" -> None."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return str(value) if value else None
-
-
-def stripe_ts(value: Any) -> dt.datetime | None:
-    """Unix seconds -> aware UTC datetime (None stays None)."""
-    if value in (None, "", 0):
-        return None
-    return dt.datetime.fromtimestamp(int(value), tz=dt.timezone.utc)
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
+# --- reading Stripe subscription payloads (shared with the webhook and dunning services) ---------
 
 def plan_tier_for_price(*, price: Any) -> str | None:
     """Our paid plan tier for a Stripe price (id string or price object), or None if unknown.
@@ -209,10 +194,6 @@ def _parse(obj: dict) -> _Parsed:
 def _lock_balance(organization_id) -> None:
     """Take the balance row lock between the org's and the subscription's (the fixed lock order).
     The balance row belongs to the credit engine; we only lock it, and write it through its services."""
-    try:
-        from ..models.balance import CreditBalance  # noqa: PLC0415 - engine model, may be absent in early builds
-    except ImportError:
-        return
     list(CreditBalance.objects.select_for_update().filter(organization_id=organization_id).values_list("pk", flat=True))
 
 
@@ -220,8 +201,6 @@ def _upgrade_within_period(*, org: Organization, sub: Subscription, from_plan: s
                            now: dt.datetime) -> None:
     """An upgrade inside a paid period: the added allowance of each tier, prorated by the time left
     (DESIGN "Upgrade"), recorded once as an AllowanceChange (a replay finds it and changes nothing)."""
-    from .balance import balance_upgrade_prorated  # noqa: PLC0415 - the engine's service; imported late to avoid cycles
-
     period_start, period_end = sub.current_period_start, sub.current_period_end
     change = AllowanceChange.objects.filter(organization=org, period_start=period_start,
                                             to_plan_tier=sub.plan_tier).first()
@@ -237,12 +216,6 @@ def _upgrade_within_period(*, org: Organization, sub: Subscription, from_plan: s
             created_at=now, **{f"included_{t}": n for t, n in included.items()})
     logger.info("org %s upgraded %s -> %s within period %s..%s at %s: included %s", org.pk, from_plan,
                 sub.plan_tier, period_start, period_end, effective_at, included)
-
-
-def _balance_set_plan(**kwargs: Any) -> None:
-    from .balance import balance_set_plan  # noqa: PLC0415 - the engine's service; imported late to avoid cycles
-
-    balance_set_plan(**kwargs)
 
 
 # --- the sync --------------------------------------------------------------------------------------
@@ -403,9 +376,9 @@ def _apply_to_org(*, org: Organization, sub: Subscription, previous: _Snapshot |
             _upgrade_within_period(org=org, sub=sub, from_plan=org.subscription_tier, effective_at=upgraded_at,
                                    now=now)
         elif new_period or period_moved or tier_changed:
-            _balance_set_plan(organization_id=org.pk, plan_tier=sub.plan_tier, now=now,
-                              period_start=sub.current_period_start, period_end=sub.current_period_end,
-                              reset_usage=new_period)
+            balance_set_plan(organization_id=org.pk, plan_tier=sub.plan_tier, now=now,
+                             period_start=sub.current_period_start, period_end=sub.current_period_end,
+                             reset_usage=new_period)
             logger.info("org %s plan %s (period %s..%s, reset=%s) from %s", org.pk, sub.plan_tier,
                         sub.current_period_start, sub.current_period_end, new_period, sub.stripe_subscription_id)
         if tier_changed:
@@ -426,10 +399,8 @@ def _apply_to_org(*, org: Organization, sub: Subscription, previous: _Snapshot |
                       .exclude(pk=sub.pk).exists())
         if not other_live and org.subscription_tier != PlanTier.FREE:
             # Free from now until the org's next monthly anchor (then monthly again, anchored).
-            from .balance import free_period  # noqa: PLC0415 - the engine's service; imported late to avoid cycles
-
-            _balance_set_plan(organization_id=org.pk, plan_tier=PlanTier.FREE, now=now, reset_usage=True,
-                              period_start=now, period_end=free_period(anchor=org.created_at, now=now)[1])
+            balance_set_plan(organization_id=org.pk, plan_tier=PlanTier.FREE, now=now, reset_usage=True,
+                             period_start=now, period_end=free_period(anchor=org.created_at, now=now)[1])
             from_tier = org.subscription_tier
             org.subscription_tier = PlanTier.FREE
             org_fields.add("subscription_tier")
