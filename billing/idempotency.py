@@ -42,7 +42,7 @@ from django.db.models import F
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils import timezone
 
-from billing_project.api import error_response, json_loads_strict
+from billing_project.api import app_error_response, json_loads_strict
 from billing_project.errors import AppError, Conflict, InvalidRequest, ServiceUnavailable
 
 from .models import RequestIdempotency, RequestIdempotencyStatus
@@ -106,7 +106,8 @@ def _fingerprint(request: HttpRequest, endpoint: str) -> str:
         body: Any = {k: v for k, v in sorted(request.POST.lists()) if k not in _IGNORED_FORM_FIELDS}
     else:
         try:
-            body = json_loads_strict(request.body) if request.body else None
+            # A fingerprint only (hashed, never read back): floats serialise as JSON.
+            body = json_loads_strict(request.body, exact_numbers=False) if request.body else None
         except ValueError:
             body = {"raw": hashlib.sha256(request.body).hexdigest()}
     query = sorted(request.GET.lists())
@@ -205,13 +206,12 @@ def _replay(row: RequestIdempotency, request: HttpRequest) -> HttpResponse:
 
 
 def _refused(request: HttpRequest, exc: AppError) -> HttpResponse:
-    if _is_form(request):
-        # A form posted again with an old token (e.g. changed after going Back): show the page afresh.
-        messages.error(request, "This form was already submitted; here is the current state. "
-                                "Check it and submit again if needed.")
-        org = getattr(request, "org", None)
-        return HttpResponseRedirect(f"/settings/billing?org={org.slug}" if org is not None else "/settings/billing")
-    return error_response(exc)
+    # A form posted again with an old token (e.g. changed after going Back): show the page afresh.
+    org = getattr(request, "org", None)
+    return app_error_response(
+        request, exc, as_json=not _is_form(request),
+        redirect_to=f"/settings/billing?org={org.slug}" if org is not None else "/settings/billing",
+        message="This form was already submitted; here is the current state. Check it and submit again if needed.")
 
 
 def idempotent_request(endpoint: str) -> Callable:
@@ -235,7 +235,8 @@ def idempotent_request(endpoint: str) -> Callable:
                 return _refused(request, exc)
             except DatabaseError:
                 logger.exception("idempotency claim failed on %s", request.path)
-                return error_response(ServiceUnavailable("database error", code="DATABASE_ERROR"))
+                return app_error_response(request, ServiceUnavailable("database error", code="DATABASE_ERROR"),
+                                          as_json=True)
             if not run:
                 logger.info("idempotency key %s of org %s replayed on %s", row.pk, membership.organization_id,
                             endpoint)

@@ -12,7 +12,7 @@ pipeline that parses logfmt can follow the money. Values are rendered exactly (D
 
 Who calls it (every money movement and every webhook transition):
 - credits granted / balance recomputed / reconcile fixes: ADMIN (billing.admin, usage.services_reconcile)
-- top-up purchase started / succeeded / failed, credits applied: TOPUP (billing.services.topups)
+- top-up purchase started / succeeded / failed, credits applied: TOPUP (billing.services.topup_purchases)
 - plan charge / overage recorded, period rolled, plan set: ENGINE (billing.services.balance)
 - webhook received / processed / failed / reprocessed: HOOKS (billing.webhook_views, billing.services.webhooks)
 - subscription synced (tier/status change): HOOKS (billing.services.subscription_sync)

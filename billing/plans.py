@@ -90,6 +90,11 @@ def credits(value: Decimal | int | str) -> Decimal:
     return Decimal(value).quantize(CREDIT_QUANT, rounding=ROUND_HALF_UP)
 
 
+def topup_price(packs: int) -> tuple[Decimal, int]:
+    """(credits, amount_cents) of `packs` top-up packs."""
+    return credits(TOPUP_PACK_CREDITS * packs), TOPUP_PACK_PRICE_CENTS * packs
+
+
 def soft_limit_buffer(*, included: int, buffer_percent: int) -> int:
     """Actions allowed past exhaustion as overage: `buffer_percent` of `included`, rounded up."""
     if buffer_percent <= 0 or included <= 0:

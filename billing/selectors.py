@@ -1,4 +1,4 @@
-"""Billing reads. `balance_summary` is the body of GET /api/billing/usage and what the dashboard
+"""Billing reads (typed). `balance_summary` is what GET /api/billing/usage serialises and what the dashboard
 renders; it never writes (a missing balance or an ended free period is computed in memory)."""
 from __future__ import annotations
 
@@ -79,52 +79,68 @@ def _tier_warning(*, used: int, included: int, overage: int, topup_in_use: bool)
     return None
 
 
+@dataclass(frozen=True)
+class TierUsage:
+    """One tier's allowance this period (actions) and the warning its use is worth."""
+    tier: str
+    included: int
+    used: int
+    remaining: int                   # max(included - used, 0)
+    overage: int                     # actions past the allowance this period (buffer)
+    overage_allowed: int             # buffer actions this period
+    credit_cost: Decimal             # credits per action of this tier
+    warning: str | None              # Warning_ value, or None
+
+
+@dataclass(frozen=True)
+class AutoTopupSettings:
+    enabled: bool
+    threshold: Decimal               # credits
+    packs: int
+    monthly_cap_packs: int
+
+
+@dataclass(frozen=True)
+class BalanceSummary:
+    """The org's balance as of `now` (GET /api/billing/usage and the dashboard). Typed: the API
+    shape (camelCase, decimal strings) is made by the view (billing.api_shapes.balance_summary_json)."""
+    organization_id: Any
+    plan: str
+    period_start: dt.datetime
+    period_end: dt.datetime
+    tiers: list[TierUsage]           # in TIERS order
+    topup_purchased: Decimal
+    topup_used: Decimal
+    topup_remaining: Decimal
+    overage_credits_owed: Decimal
+    total_remaining: Decimal         # plan remainder at tier rates + top-up: the auto top-up figure
+    spendable_credits: Decimal       # top-up credits left: what any tier can still spend
+    next: list[TierStatus]           # in TIERS order: where each tier's next action goes
+    auto_topup: AutoTopupSettings
+
+
+def auto_topup_settings(balance: CreditBalance) -> AutoTopupSettings:
+    return AutoTopupSettings(enabled=balance.auto_topup_enabled, threshold=balance.auto_topup_threshold,
+                             packs=balance.auto_topup_packs, monthly_cap_packs=balance.auto_topup_monthly_cap_packs)
+
+
 def balance_summary(*, organization: Organization, now: dt.datetime, status: BalanceStatus | None = None
-                    ) -> dict[str, Any]:
-    """camelCase dict: orgId, plan, period{start,end}, tiers{t:{included,used,remaining,overage,
-    overageAllowed,creditCost}}, topupCredits{purchased,used,remaining}, overageCreditsOwed,
-    totalRemaining (plan remainder at tier rates + top-up: the auto top-up figure), spendableCredits
-    (top-up credits left: what any tier can still spend), next{t:{paidFrom,blocked,blockedSince,
-    bufferLeft}}, warnings{t: str|None}, autoTopup{...}. Credits are decimal strings.
-    `status`: a balance_status already read (the dashboard reads once)."""
+                    ) -> BalanceSummary:
+    """The balance summary (reads only). `status`: a balance_status already read (the dashboard reads once)."""
     status = status or balance_status(organization_id=organization.pk, now=now)
     balance = status.balance
     topup_left = balance.topup_remaining
-    tiers: dict[str, Any] = {}
-    warnings: dict[str, str | None] = {}
+    tiers = []
     for t in TIERS:
         included, used, overage = balance.included(t), balance.used(t), balance.overage(t)
-        tiers[t] = {
-            "included": included,
-            "used": used,
-            "remaining": max(included - used, 0),
-            "overage": overage,
-            "overageAllowed": buffer_actions(balance, t),
-            "creditCost": str(TIER_CREDIT_COST[t]),
-        }
-        warnings[t] = _tier_warning(used=used, included=included, overage=overage,
-                                    topup_in_use=topup_left >= TIER_CREDIT_COST[t])
-    return {
-        "orgId": str(organization.pk),
-        "plan": balance.plan_tier,
-        "period": {"start": balance.period_start.isoformat(), "end": balance.period_end.isoformat()},
-        "tiers": tiers,
-        "topupCredits": {
-            "purchased": str(balance.topup_purchased),
-            "used": str(balance.topup_used),
-            "remaining": str(topup_left),
-        },
-        "overageCreditsOwed": str(balance.overage_credits_owed),
-        "totalRemaining": str(balance_total_remaining(balance)),
-        "spendableCredits": str(status.spendable_credits),
-        "next": {s.tier: {"paidFrom": s.next_paid_from, "blocked": s.blocked,
-                          "blockedSince": s.blocked_since.isoformat() if s.blocked_since else None,
-                          "bufferLeft": s.buffer_left} for s in status.tiers},
-        "warnings": warnings,
-        "autoTopup": {
-            "enabled": balance.auto_topup_enabled,
-            "threshold": str(balance.auto_topup_threshold),
-            "packs": balance.auto_topup_packs,
-            "monthlyCapPacks": balance.auto_topup_monthly_cap_packs,
-        },
-    }
+        tiers.append(TierUsage(
+            tier=t, included=included, used=used, remaining=max(included - used, 0), overage=overage,
+            overage_allowed=buffer_actions(balance, t), credit_cost=TIER_CREDIT_COST[t],
+            warning=_tier_warning(used=used, included=included, overage=overage,
+                                  topup_in_use=topup_left >= TIER_CREDIT_COST[t])))
+    return BalanceSummary(
+        organization_id=organization.pk, plan=balance.plan_tier, period_start=balance.period_start,
+        period_end=balance.period_end, tiers=tiers, topup_purchased=balance.topup_purchased,
+        topup_used=balance.topup_used, topup_remaining=topup_left,
+        overage_credits_owed=balance.overage_credits_owed, total_remaining=balance_total_remaining(balance),
+        spendable_credits=status.spendable_credits, next=list(status.tiers), auto_topup=auto_topup_settings(balance))

@@ -8,12 +8,14 @@
   AUTHENTICATION_REQUIRED, STRIPE_INVALID_REQUEST, STRIPE_NOT_FOUND, STRIPE_IDEMPOTENCY_ERROR,
   STRIPE_RATE_LIMITED, STRIPE_UNAVAILABLE, STRIPE_AUTH_ERROR, STRIPE_PERMISSION_ERROR,
   STRIPE_SIGNATURE_INVALID, STRIPE_API_VERSION_MISMATCH, STRIPE_NOT_CONFIGURED).
-- Functions return plain dicts (`to_dict()`), so callers never touch stripe objects; subscription
-  calls return a `SubscriptionSnapshot` (the object + Stripe's time of the answer).
+- Callers never touch stripe objects: what callers decide on comes typed (billing.stripe_payloads'
+  `PaymentIntent`, `CheckoutSession`; subscription calls a `SubscriptionSnapshot`: the object + Stripe's
+  time of the answer), each keeping Stripe's whole answer in `obj`; the other calls return plain dicts.
 - Every mutating call takes an `idempotency_key` (derive it from your own intent row).
 """
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import logging
 import threading
@@ -27,7 +29,7 @@ from django.conf import settings
 from billing_project.api import json_loads_strict
 
 from .errors import BillingError
-from .stripe_payloads import stripe_id
+from .stripe_payloads import CheckoutSession, PaymentIntent, stripe_id
 
 logger = logging.getLogger("billing.stripe")
 
@@ -172,28 +174,7 @@ def customer_retrieve(customer_id: str) -> dict[str, Any]:
     return _call("customer_retrieve", get_client().v1.customers.retrieve, customer_id)
 
 
-def customer_set_default_payment_method(*, customer_id: str, payment_method_id: str,
-                                        idempotency_key: str) -> dict[str, Any]:
-    return _call("customer_set_default_payment_method", get_client().v1.customers.update, customer_id,
-                 params={"invoice_settings": {"default_payment_method": payment_method_id}},
-                 options=_opts(_require_key(idempotency_key)))
-
-
 # --- payment methods ------------------------------------------------------------------------------
-def payment_method_attach(*, payment_method_id: str, customer_id: str, idempotency_key: str) -> dict[str, Any]:
-    return _call("payment_method_attach", get_client().v1.payment_methods.attach, payment_method_id,
-                 params={"customer": customer_id}, options=_opts(_require_key(idempotency_key)))
-
-
-def payment_method_create_card(*, number: str, exp_month: int, exp_year: int, cvc: str,
-                               idempotency_key: str) -> dict[str, Any]:
-    """Raw card numbers: only test fakes (simulator, localstripe) accept this; used by tests and dev tools."""
-    return _call("payment_method_create_card", get_client().v1.payment_methods.create,
-                 params={"type": "card", "card": {"number": number, "exp_month": exp_month, "exp_year": exp_year,
-                                                  "cvc": cvc}},
-                 options=_opts(_require_key(idempotency_key)))
-
-
 def payment_method_list(*, customer_id: str, limit: int = 10) -> list[dict[str, Any]]:
     return _call("payment_method_list", get_client().v1.payment_methods.list,
                  params={"customer": customer_id, "type": "card", "limit": limit})["data"]
@@ -246,8 +227,8 @@ def price_create(*, product_id: str, unit_amount_cents: int, currency: str, look
 # --- checkout and portal --------------------------------------------------------------------------
 def checkout_session_create(*, mode: str, customer_id: str | None, price_id: str, success_url: str,
                             cancel_url: str, metadata: dict[str, str], idempotency_key: str, quantity: int = 1,
-                            trial_period_days: int | None = None) -> dict[str, Any]:
-    """A hosted Checkout Session.
+                            trial_period_days: int | None = None) -> CheckoutSession:
+    """A hosted Checkout Session (typed: id, url, …; `obj` is Stripe's whole answer).
 
     mode="subscription": one plan price; `metadata` goes on the session and the subscription; with
     `trial_period_days`, no card is required (`payment_method_collection=if_required`) and a trial
@@ -273,8 +254,8 @@ def checkout_session_create(*, mode: str, customer_id: str | None, price_id: str
         params["subscription_data"] = sub_data
     else:
         params["payment_intent_data"] = {"metadata": metadata, "setup_future_usage": "off_session"}
-    return _call(f"checkout_session_create_{mode}", get_client().v1.checkout.sessions.create, params=params,
-                 options=_opts(_require_key(idempotency_key)))
+    return CheckoutSession.from_stripe(_call(f"checkout_session_create_{mode}", get_client().v1.checkout.sessions.create,
+                                             params=params, options=_opts(_require_key(idempotency_key))))
 
 
 def checkout_session_list(*, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -374,11 +355,6 @@ def subscription_retrieve(subscription_id: str) -> SubscriptionSnapshot:
     return _snapshot("subscription_retrieve", get_client().v1.subscriptions.retrieve, subscription_id)
 
 
-def subscription_list(*, customer_id: str, status: str = "all") -> list[dict[str, Any]]:
-    return _call("subscription_list", get_client().v1.subscriptions.list,
-                 params={"customer": customer_id, "status": status, "limit": 20})["data"]
-
-
 def subscription_update_price(*, subscription_id: str, price_id: str, proration_behavior: str = "none",
                               idempotency_key: str) -> SubscriptionSnapshot:
     """Switch the (single) item to `price_id` without charging now (downgrade at period end, keep
@@ -469,26 +445,15 @@ def subscription_resume(*, subscription_id: str, idempotency_key: str) -> Subscr
 
 
 # --- invoices -------------------------------------------------------------------------------------
-def invoice_list(*, customer_id: str, subscription_id: str | None = None, limit: int = 24) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"customer": customer_id, "limit": limit}
-    if subscription_id:
-        params["subscription"] = subscription_id
-    return _call("invoice_list", get_client().v1.invoices.list, params=params)["data"]
-
-
 def invoice_retrieve(invoice_id: str) -> dict[str, Any]:
     return _call("invoice_retrieve", get_client().v1.invoices.retrieve, invoice_id)
-
-
-def invoice_pay(*, invoice_id: str, idempotency_key: str) -> dict[str, Any]:
-    return _call("invoice_pay", get_client().v1.invoices.pay, invoice_id, options=_opts(_require_key(idempotency_key)))
 
 
 # --- payment intents ------------------------------------------------------------------------------
 def payment_intent_create_off_session(*, customer_id: str, amount_cents: int, metadata: dict[str, str],
                                       idempotency_key: str, payment_method_id: str | None = None,
-                                      currency: str = "usd", description: str | None = None) -> dict[str, Any]:
-    """Charge a saved card now, off session. Returns the succeeded PaymentIntent or raises
+                                      currency: str = "usd", description: str | None = None) -> PaymentIntent:
+    """Charge a saved card now, off session. Returns the PaymentIntent (typed; succeeded, or processing) or raises
     StripeCardError (CARD_DECLINED / INSUFFICIENT_FUNDS / AUTHENTICATION_REQUIRED, with
     `payment_intent_id`). Without `payment_method_id`, the customer's default card is used."""
     if not isinstance(amount_cents, int) or amount_cents <= 0:
@@ -506,7 +471,7 @@ def payment_intent_create_off_session(*, customer_id: str, amount_cents: int, me
         params["description"] = description
     pi = _call("payment_intent_create_off_session", get_client().v1.payment_intents.create, params=params,
                options=_opts(idempotency_key))
-    return _check_payment_intent(pi)
+    return PaymentIntent.from_stripe(_check_payment_intent(pi))
 
 
 def _check_payment_intent(pi: dict[str, Any]) -> dict[str, Any]:
@@ -529,27 +494,38 @@ def payment_intent_retrieve(payment_intent_id: str) -> dict[str, Any]:
 
 
 # --- events and webhooks --------------------------------------------------------------------------
-def event_retrieve(event_id: str) -> dict[str, Any]:
-    return _call("event_retrieve", get_client().v1.events.retrieve, event_id)
+def _signed_timestamp(sig_header: str) -> int | None:
+    """The `t=` of a Stripe-Signature header (None when absent or not a number)."""
+    for part in (sig_header or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
-def event_list(*, types: list[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit}
-    if types:
-        params["types"] = types
-    return _call("event_list", get_client().v1.events.list, params=params)["data"]
-
-
-def webhook_construct_event(payload: bytes, sig_header: str, *, secret: str | None = None) -> dict[str, Any]:
-    """Verify `Stripe-Signature` on the raw body (stripe's own verifier, 300 s tolerance) and return
-    the event as a dict. Raises BillingError STRIPE_SIGNATURE_INVALID (bad/missing/stale signature),
+def webhook_construct_event(payload: bytes, sig_header: str, *, now: dt.datetime | None = None,
+                            secret: str | None = None) -> dict[str, Any]:
+    """Verify `Stripe-Signature` on the raw body and return the event as a dict. The one place for the
+    webhook rules: the signed timestamp within WEBHOOK_TOLERANCE_SECONDS of `now` (either side; the
+    process clock when omitted; checked first, so a stale replay is refused as stale), stripe's own
+    signature verifier, and the pinned API version. Raises BillingError STRIPE_SIGNATURE_INVALID
+    (bad/missing/stale signature; a stale one carries extra {"stale": True, "timestamp": t}),
     STRIPE_INVALID_PAYLOAD (not a JSON event) or STRIPE_API_VERSION_MISMATCH."""
+    signed_at = _signed_timestamp(sig_header)
+    now_ts = int(now.timestamp()) if now is not None else int(time.time())
+    if signed_at is not None and abs(now_ts - signed_at) > WEBHOOK_TOLERANCE_SECONDS:
+        logger.warning("webhook signature rejected: timestamp %s is %ss from now", signed_at, now_ts - signed_at)
+        raise BillingError(f"signature timestamp {signed_at} is outside the {WEBHOOK_TOLERANCE_SECONDS}s tolerance",
+                           code="STRIPE_SIGNATURE_INVALID", extra={"stale": True, "timestamp": signed_at})
     secret = secret if secret is not None else settings.STRIPE_WEBHOOK_SECRET
     if not secret:
         raise BillingError("STRIPE_WEBHOOK_SECRET is not set", code="STRIPE_NOT_CONFIGURED", http_status=503)
     try:
-        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), sig_header or "", secret,
-                                              WEBHOOK_TOLERANCE_SECONDS)
+        # tolerance=None: the timestamp was checked above, against `now`.
+        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), sig_header or "", secret, None)
     except stripe.SignatureVerificationError as exc:
         logger.warning("webhook signature rejected: %s", exc)
         raise BillingError(f"invalid Stripe signature: {exc}", code="STRIPE_SIGNATURE_INVALID") from exc
@@ -557,7 +533,7 @@ def webhook_construct_event(payload: bytes, sig_header: str, *, secret: str | No
         raise BillingError("webhook body is not UTF-8", code="STRIPE_INVALID_PAYLOAD") from exc
     try:
         # Strict: no NaN/Infinity, lone surrogates or deep nesting - the event is stored in a JSON column.
-        event = json_loads_strict(payload)
+        event = json_loads_strict(payload, exact_numbers=False)
     except ValueError as exc:
         raise BillingError(f"webhook body is not JSON we can store: {exc}", code="STRIPE_INVALID_PAYLOAD") from exc
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") or not event.get("type"):

@@ -27,7 +27,7 @@ from . import enqueue
 from .emails import email_send_to_org_admins
 from .errors import BillingError
 from .idempotency import request_idempotency_purge
-from .services import topups
+from .services import topup_purchases
 from .services.dunning import dunning_enforce
 from .services.webhooks import (
     WEBHOOK_MAX_RETRIES,
@@ -111,10 +111,10 @@ def topup_charge(self, purchase_id: int) -> str:
         logger.warning("top-up %s: redelivered charge task (a worker died); re-driving with the same key",
                        purchase_id)
     try:
-        purchase = topups.topup_purchase_charge(purchase_id=purchase_id, now=timezone.now(),
+        purchase = topup_purchases.topup_purchase_charge(purchase_id=purchase_id, now=timezone.now(),
                                                 allow_started=self.request.retries > 0 or redelivered)
     except BillingError as exc:
-        if exc.code in topups.TRANSIENT_CODES:
+        if exc.code in topup_purchases.TRANSIENT_CODES:
             raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries)) from exc
         raise
     return purchase.status
@@ -123,4 +123,4 @@ def topup_charge(self, purchase_id: int) -> str:
 @shared_task(name="billing.tasks_topups.topup_sweep")
 def topup_sweep() -> dict:
     """Periodic (CELERY_BEAT_SCHEDULE): re-queue stuck pending rows, flag stuck started ones."""
-    return topups.topup_sweep(now=timezone.now())
+    return topup_purchases.topup_sweep(now=timezone.now())

@@ -5,43 +5,26 @@ Checkout page or back to the billing page with a message. One service call per v
 """
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing_project.api import json_api, parse_json_body
-from billing_project.errors import AppError, InvalidRequest
+from billing_project.api import app_error_response, json_api, parse_json_body
+from billing_project.errors import AppError
 from organizations.access import org_view
 
+from .api_shapes import auto_topup_json, purchase_history_json, purchase_json
+from .forms import AutoTopupSettingsForm, TopupForm
 from .idempotency import idempotent_request
-from .page_context import dashboard_context
-from .services import topups
-
-_TRUE = {"1", "true", "on", "yes"}
+from .pages.dashboard import dashboard_context
+from .selectors import auto_topup_settings
+from .services import auto_topup, topup_purchases
 
 
 def _is_json(request: HttpRequest) -> bool:
     return request.content_type == "application/json"
-
-
-def _body(request: HttpRequest) -> dict[str, Any]:
-    if _is_json(request):
-        return parse_json_body(request)
-    return {k: v for k, v in request.POST.items()}
-
-
-def _flag(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value.strip().lower() in _TRUE
-    return None
 
 
 def _dashboard(request: HttpRequest) -> str:
@@ -49,15 +32,7 @@ def _dashboard(request: HttpRequest) -> str:
 
 
 def _form_error(request: HttpRequest, exc: AppError) -> HttpResponse:
-    messages.error(request, exc.message)
-    return HttpResponseRedirect(_dashboard(request))
-
-
-def _purchase_json(purchase) -> dict[str, Any]:
-    return {"purchaseId": purchase.pk, "status": purchase.status, "packs": purchase.packs,
-            "credits": str(purchase.credits), "amountCents": purchase.amount_cents,
-            "failureCode": purchase.failure_code or None, "failureMessage": purchase.failure_message or None,
-            "finishUrl": topups.topup_finish_url(purchase=purchase) if purchase.status == "requires_action" else None}
+    return app_error_response(request, exc, as_json=False, redirect_to=_dashboard(request))
 
 
 @require_POST
@@ -80,22 +55,24 @@ def _topup_json(request: HttpRequest, membership):
     return _topup(request, membership, data)
 
 
-def _topup(request: HttpRequest, membership, data: dict[str, Any]):
+def _topup(request: HttpRequest, membership, data: dict):
+    form = TopupForm(data).parse()
     now = timezone.now()
     org = membership.organization
-    if _flag(data.get("useSavedCard")):
+    if form["useSavedCard"]:
         keyed = getattr(request, "idempotency", None)  # a keyed retry re-drives the purchase it created
-        purchase = topups.topup_saved_card_purchase(organization_id=org.pk, packs=data.get("packs"),
-                                                    user=request.user, now=now,
-                                                    request_idempotency_id=keyed.pk if keyed else None)
+        purchase = topup_purchases.topup_saved_card_purchase(organization_id=org.pk, packs=form["packs"],
+                                                             user=request.user, now=now,
+                                                             request_idempotency_id=keyed.pk if keyed else None)
         status = 201 if purchase.status == "succeeded" else 402 if purchase.status == "failed" else 202
-        return {"success": purchase.status == "succeeded", **_purchase_json(purchase)}, status
-    started = topups.topup_checkout_start(organization_id=org.pk, packs=data.get("packs"), user=request.user, now=now)
+        return {"success": purchase.status == "succeeded", **purchase_json(purchase)}, status
+    started = topup_purchases.topup_checkout_start(organization_id=org.pk, packs=form["packs"], user=request.user,
+                                                   now=now)
     return {"success": True, "url": started["url"], "purchaseId": started["purchase"].pk}, 200
 
 
 def _topup_form(request: HttpRequest, membership) -> HttpResponse:
-    result = _topup(request, membership, _body(request))
+    result = _topup(request, membership, request.POST.dict())
     body, _status = result
     if body.get("url"):
         return HttpResponseRedirect(body["url"])
@@ -114,7 +91,7 @@ def _topup_form(request: HttpRequest, membership) -> HttpResponse:
 def credits_auto_topup(request: HttpRequest, membership) -> HttpResponse:
     """POST /api/billing/credits/auto-topup {orgId, enabled, threshold, packs, monthlyCapPacks}."""
     if not _is_json(request):
-        data = _body(request)
+        data = request.POST.dict()
         try:
             _auto_topup(request, membership, data, form=True)
         except AppError as exc:
@@ -132,20 +109,13 @@ def _auto_topup_json(request: HttpRequest, membership):
     return _auto_topup(request, membership, parse_json_body(request), form=False)
 
 
-def _auto_topup(request: HttpRequest, membership, data: dict[str, Any], *, form: bool) -> dict[str, Any]:
-    if form:
-        enabled = bool(_flag(data.get("enabled")))  # an unchecked checkbox is absent from the form
-    else:
-        enabled = data.get("enabled")
-        if not isinstance(enabled, bool):
-            raise InvalidRequest("enabled must be true or false", extra={"field": "enabled"})
-    balance = topups.auto_topup_settings_update(
-        organization_id=membership.organization_id, enabled=enabled, threshold=data.get("threshold"),
-        packs=data.get("packs"), monthly_cap_packs=data.get("monthlyCapPacks", data.get("monthly_cap_packs")),
-        user=request.user, now=timezone.now())
-    return {"success": True, "autoTopup": {
-        "enabled": balance.auto_topup_enabled, "threshold": str(balance.auto_topup_threshold),
-        "packs": balance.auto_topup_packs, "monthlyCapPacks": balance.auto_topup_monthly_cap_packs}}
+def _auto_topup(request: HttpRequest, membership, data: dict, *, form: bool) -> dict:
+    settings = AutoTopupSettingsForm(data, json_body=not form).parse()
+    balance = auto_topup.auto_topup_settings_update(
+        organization_id=membership.organization_id, enabled=settings["enabled"], threshold=settings["threshold"],
+        packs=settings["packs"], monthly_cap_packs=settings["monthlyCapPacks"], user=request.user,
+        now=timezone.now())
+    return {"success": True, "autoTopup": auto_topup_json(auto_topup_settings(balance))}
 
 
 @require_GET
@@ -153,7 +123,8 @@ def _auto_topup(request: HttpRequest, membership, data: dict[str, Any], *, form:
 @json_api
 def credits_history(request: HttpRequest, membership):
     """GET /api/billing/credits/history?orgId= -> the org's purchases, newest first."""
-    return {"success": True, "purchases": topups.topup_history(organization_id=membership.organization_id)}
+    return {"success": True, "purchases": [
+        purchase_history_json(p) for p in topup_purchases.topup_history(organization_id=membership.organization_id)]}
 
 
 @require_http_methods(["GET", "POST"])
@@ -162,10 +133,8 @@ def topup_finish(request: HttpRequest, membership, purchase_id: int) -> HttpResp
     """The link in the `topup_needs_auth` email: send the admin to Checkout to pay (with 3-D Secure)
     for the purchase whose off-session charge needed authentication."""
     try:
-        url = topups.topup_finish_checkout(purchase_id=purchase_id, organization_id=membership.organization_id,
+        url = topup_purchases.topup_finish_checkout(purchase_id=purchase_id, organization_id=membership.organization_id,
                                            now=timezone.now())
-    except AppError as exc:
-        if exc.http_status == 404:  # another org's purchase does not exist for this user
-            raise Http404(exc.message) from None
+    except AppError as exc:  # 404: another org's purchase does not exist for this user
         return _form_error(request, exc)
     return HttpResponseRedirect(url)

@@ -1,11 +1,13 @@
-"""Billing pages (server-rendered). Thin: resolve the org, build the context in page_context, render."""
+"""Billing pages (server-rendered). Thin: resolve the org, build the context in billing.pages, render."""
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
 from organizations.access import org_view
 
-from .page_context import dashboard_context, invoices_context, plan_picker_context
+from .pages.dashboard import dashboard_context
+from .pages.invoices import invoices_context
+from .pages.plans import plan_picker_context
 
 
 @org_view()

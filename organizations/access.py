@@ -15,11 +15,10 @@ import json
 from collections.abc import Callable
 
 from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 
-from billing_project.api import error_response
-from billing_project.errors import AppError, AuthenticationRequired, NotFound
+from billing_project.api import app_error_response
+from billing_project.errors import AppError, AuthenticationRequired
 
 from .selectors import membership_for
 
@@ -45,17 +44,14 @@ def org_view(*, require_admin: bool = False) -> Callable:
             is_api = request.path.startswith("/api/")
             if not request.user.is_authenticated:
                 if is_api:
-                    return error_response(AuthenticationRequired("log in first", code="NOT_AUTHENTICATED"))
+                    return app_error_response(request, AuthenticationRequired("log in first", code="NOT_AUTHENTICATED"),
+                                              as_json=True)
                 return redirect_to_login(request.get_full_path())
             try:
                 membership = membership_for(user=request.user, org_ref=_org_ref_from_request(request, kwargs),
                                             require_admin=require_admin)
             except AppError as exc:
-                if is_api:
-                    return error_response(exc)
-                if isinstance(exc, NotFound):
-                    raise Http404(exc.message) from None
-                raise PermissionDenied(exc.message) from None
+                return app_error_response(request, exc, as_json=is_api)
             request.membership = membership
             request.org = membership.organization
             return view(request, membership, *args, **kwargs)

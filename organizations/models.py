@@ -42,8 +42,6 @@ class Organization(models.Model):
     )
     # End of the current/last trial; non-null means the org has used its one trial.
     trial_ends_at = models.DateTimeField(null=True, blank=True)
-    # Last time any billing warning email went out (cooldown bookkeeping, see billing).
-    last_billing_warning_at = models.DateTimeField(null=True, blank=True)
     # Set by the caller (services take `now`), never a DB/ORM default.
     created_at = models.DateTimeField()
 

@@ -45,17 +45,6 @@ def membership_for(*, user, org_ref: str | None = None, require_admin: bool = Fa
     return membership
 
 
-def organization_get(*, org_ref: str) -> Organization:
-    """An org by UUID or slug, or NotFound (ORG_NOT_FOUND)."""
-    try:
-        org = Organization.objects.filter(pk=uuid.UUID(str(org_ref))).first()
-    except ValueError:
-        org = Organization.objects.filter(slug=str(org_ref)).first() if _is_slug(org_ref) else None
-    if org is None:
-        raise NotFound("organization not found", code="ORG_NOT_FOUND")
-    return org
-
-
 def api_keys_for_org(*, organization: Organization) -> QuerySet:
     """The org's API keys, newest first, active before revoked (for the API keys page)."""
     return ApiKey.objects.filter(organization=organization).select_related("created_by").order_by(

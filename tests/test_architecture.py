@@ -243,3 +243,37 @@ def test_tasks_keep_their_registered_names():
     for entry in settings.CELERY_BEAT_SCHEDULE.values():
         if entry["task"].startswith("billing."):
             assert entry["task"] in registered, entry
+
+
+def test_an_app_error_becomes_http_in_one_place():
+    """Only billing_project.api turns an AppError into a response (JSON, a 404/403 page, or flash and
+    redirect): everything else calls its `app_error_response`."""
+    home = "billing_project.api"
+    builders = ("error_response(", "Http404(exc.", "PermissionDenied(exc.", "messages.error(request, exc.")
+    offenders = []
+    for module, path in MODULES.items():
+        if module == home:
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(b in code for b in builders) and "app_error_response(" not in code:
+                offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
+    assert not offenders, f"translate AppError with {home}.app_error_response: {offenders}"
+
+
+def test_every_gateway_function_is_called_by_the_app():
+    """The gateway holds only what the app calls; calls only tests make (saving a raw card, listing
+    events) live in tests/stripe_calls.py."""
+    import re
+
+    gateway = _parse(STRIPE_GATEWAY)
+    # reset_client drops the cached client when settings change (tests point it at a fresh simulator).
+    public = [n.name for n in gateway.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")
+              and n.name != "reset_client"]
+    sources = {module: path.read_text() for module, path in MODULES.items()}
+    unused = []
+    for name in public:
+        calls = sum(len(re.findall(rf"(?<![\w.]){name}\(|\.{name}\(", src)) for src in sources.values())
+        if calls - 1 <= 0:  # the `def` line itself
+            unused.append(name)
+    assert not unused, f"gateway functions no app module calls: {unused}"

@@ -9,16 +9,11 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from billing.models import PaidFrom
 from billing.plans import TIERS
 from organizations.models import Organization
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
-
-
-class PaidFrom(models.TextChoices):
-    PLAN = "plan", "Plan allowance"
-    CREDITS = "credits", "Top-up credits"
-    OVERAGE = "overage", "Overage (soft-limit buffer)"
 
 
 class BillableAction(models.Model):

@@ -127,8 +127,7 @@ def _period_days(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
 def history_context(*, membership: Membership, now: dt.datetime, params) -> dict[str, Any]:
     org = membership.organization
     summary = balance_summary(organization=org, now=now)
-    start = dt.datetime.fromisoformat(summary["period"]["start"])
-    end = dt.datetime.fromisoformat(summary["period"]["end"])
+    start, end = summary.period_start, summary.period_end
     upto = min(now, end)
     usage = daily_usage(organization_id=org.pk, start=start, end=upto)
     users = user_usage(organization_id=org.pk, start=start, end=upto)

@@ -1,5 +1,11 @@
 """Recording agent actions: charge billing's balance and write the fact row, in one transaction.
 
+Two ways to record - one action (`action_record`; `usage.coalesce` batches concurrent ones) and a
+batch (`actions_record_batch`) - and both go through billing's charge session
+(`billing.services.charge`): billing locks the balance, applies its rules, and sends its UPDATE in
+the same round trip as the fact INSERT and rollup upsert added here. This module never sees the
+balance's SQL; it owns the facts, their idempotency keys and the API bodies.
+
 Idempotency rests on the unique (organization, idempotency_key) constraint, not on an exists()
 check: a replay (also one racing the first request) fails its INSERT, the whole transaction -
 balance change included - rolls back, and the first row's stored body is returned. Keys are
@@ -16,26 +22,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 
 from billing.errors import BillingError
 from billing.plans import TIER_PAYOUT_CENTS
 from billing.services.balance import (
-    BALANCE_LOCK_SQL,
     ChargeResult,
-    balance_charge,
-    balance_charge_many,
-    balance_charge_row,
     balance_check,
-    balance_for_update,
-    balance_record_refusal,
-    balance_update_statement,
     db_datetime,
     org_id_hex,
     remaining_by_tier,
     validate_tier,
 )
-from billing.services.topups import topup_maybe_trigger
+from billing.services.charge import balance_charge_session
 from billing_project.errors import Conflict, InvalidRequest
 
 from .models import IDEMPOTENCY_KEY_MAX_LENGTH, BillableAction
@@ -184,33 +183,6 @@ def _row_params(org_hex: str, action: ActionInput, charge: ChargeResult, body: d
     ]
 
 
-def _execute_together(statements: list[tuple[str, list] | None]) -> tuple[int | None, list[list], list[int]]:
-    """Run (sql, params) statements in order (None entries skipped): on MariaDB/MySQL as one
-    multi-statement round trip (mysqlclient connects with CLIENT_MULTI_STATEMENTS; every value is
-    still escaped by the driver), elsewhere one by one. Returns the first statement's lastrowid,
-    every statement's fetched rows (e.g. of INSERT … RETURNING or a SELECT; [] if none) and every
-    statement's rowcount."""
-    todo = [st for st in statements if st is not None]
-    multi = connection.vendor == "mysql"
-    counts: list[int] = []
-    rows: list[list] = []
-    with connection.cursor() as cursor:
-        if multi:
-            cursor.execute("; ".join(sql for sql, _ in todo), [p for _, params in todo for p in params])
-        else:
-            cursor.execute(*todo[0])
-        first_id = cursor.lastrowid
-        for n, (sql, params) in enumerate(todo):
-            if n:
-                if multi:
-                    cursor.nextset()
-                else:
-                    cursor.execute(sql, params)
-            rows.append(list(cursor.fetchall()) if cursor.description else [])
-            counts.append(cursor.rowcount)
-    return first_id, rows, counts
-
-
 def _replay(*, org_hex: str, action: ActionInput) -> RecordResult | None:
     """The first result of `action`'s key, None if the key is unused; Conflict IDEMPOTENCY_KEY_REUSED
     (409) if the key was used for another request. The lookup compares like the unique key (binary)."""
@@ -229,101 +201,27 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
                   metadata: dict | None = None, idempotency_key: str | None = None) -> RecordResult:
     """Charge one action and record it (one transaction). Replay of `idempotency_key` returns
     the first result and records nothing. Raises INVALID_ACTION_TIER / INVALID_REQUEST (400),
-    CREDITS_EXHAUSTED (402), ORG_NOT_FOUND (404)."""
+    CREDITS_EXHAUSTED (402), ORG_NOT_FOUND (404).
+
+    Through billing's charge session: on MariaDB/MySQL outside a transaction that is two round
+    trips, `START TRANSACTION; SELECT … FOR UPDATE`, then `INSERT fact; upsert rollup; UPDATE
+    balance; COMMIT`. A duplicate idempotency key fails the INSERT, the rest never runs, the session
+    rolls back and the first result is answered (also when a refusal meets a replayed key)."""
     action = ActionInput(user_id=user_id, tier=tier, agent_id=agent_id, agent_name=agent_name, action_key=action_key,
                          description=description, metadata=metadata, idempotency_key=idempotency_key).validated()
     org_hex = org_id_hex(organization_id)
-    if connection.vendor == "mysql" and not connection.in_atomic_block:
-        fast = _record_fast(org_hex=org_hex, action=action, now=now)
-        if fast is not None:
-            return fast
-    try:
-        with transaction.atomic():
-            charge = balance_charge(organization_id=org_hex, tier=tier, now=now, write=False)
-            body = _body(charge)
-            params = _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now))
-            # INSERT, balance UPDATE and rollup upsert: one round trip while the row lock is held.
-            # A duplicate idempotency key fails the INSERT and the rest never runs.
-            action_id, _, counts = _execute_together([
-                (_INSERT_SQL + _ROW_PLACEHOLDER, params),
-                balance_update_statement(charge.balance, now=now),
-                rollup_statement(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now),
-            ])
-            if counts[1] != 1:
-                raise RuntimeError(f"balance UPDATE matched {counts[1]} rows for org {org_hex}")
-            if charge.auto_topup_due:  # below the auto top-up threshold: intent row + task on commit (cheap)
-                topup_maybe_trigger(balance=charge.balance, now=now)
-    except IntegrityError:
-        replay = _replay(org_hex=org_hex, action=action) if idempotency_key else None
-        if replay is None:
-            raise
-        return replay
-    except BillingError as exc:
-        # A replay of an accepted action must answer its first body even once credits ran out
-        # (and a key reused for another request is 409, not 402).
-        if idempotency_key and exc.code == "CREDITS_EXHAUSTED":
-            replay = _replay(org_hex=org_hex, action=action)
-            if replay is not None:
-                return replay
-        balance_record_refusal(error=exc, now=now)  # first refusal of the tier this period: blocked_at + email
-        raise
-    return RecordResult(action_id=action_id, created=True, body={"success": True, "actionId": action_id, **body})
-
-
-def _record_fast(*, org_hex: str, action: ActionInput, now: dt.datetime) -> RecordResult | None:
-    """The common case in two round trips: `START TRANSACTION; SELECT … FOR UPDATE`, then
-    `INSERT fact; UPDATE balance; upsert rollup; COMMIT`, so the row lock is held for one round
-    trip. Same rules and facts as the atomic path (billing's balance_charge_row applies them);
-    anything unusual - no balance row yet, a period to roll, a warning email or auto top-up to
-    queue on commit - rolls back and returns None for the atomic path. Only outside any atomic
-    block (Django's transaction state stays "autocommit, no transaction" throughout)."""
-    committed = False
-    with connection.cursor() as cursor:
-        try:
-            cursor.execute(f"START TRANSACTION; {BALANCE_LOCK_SQL}", [org_hex])
-            cursor.nextset()
-            row = cursor.fetchone()
-            charge = balance_charge_row(row=row, tier=action.tier, now=now) if row is not None else None
-            if charge is None:
-                return None
-            body = _body(charge)
-            statements = [
-                (_INSERT_SQL + _ROW_PLACEHOLDER,
-                 _row_params(org_hex, action, charge, body if action.idempotency_key else None, db_datetime(now))),
-                balance_update_statement(charge.balance, now=now),
-                rollup_statement(org_hex=org_hex, rows=[(action.user_id, action.tier, charge.credits_charged)],
-                                 now=now),
-                ("COMMIT", []),
-            ]
-            cursor.execute("; ".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
-            action_id = cursor.lastrowid
-            cursor.nextset()
-            updated = cursor.rowcount
-            cursor.nextset()
-            cursor.nextset()
-            committed = True
-            if updated != 1:  # impossible under the lock; loud, reconcile would show it
-                logger.error("fast path: balance UPDATE matched %s rows for org %s", updated, org_hex)
-        except IntegrityError:
-            cursor.execute("ROLLBACK")
-            replay = _replay(org_hex=org_hex, action=action) if action.idempotency_key else None
-            if replay is None:
-                raise
-            return replay
-        except BillingError as exc:
-            cursor.execute("ROLLBACK")
-            if action.idempotency_key and exc.code == "CREDITS_EXHAUSTED":
-                replay = _replay(org_hex=org_hex, action=action)
-                if replay is not None:
-                    return replay
-            balance_record_refusal(error=exc, now=now)  # after the ROLLBACK; no I/O once recorded
-            raise
-        finally:
-            if not committed:
-                try:
-                    cursor.execute("ROLLBACK")
-                except Exception:  # noqa: BLE001 - the connection is gone; the server rolled back
-                    logger.warning("fast path: ROLLBACK failed for org %s", org_hex, exc_info=True)
+    replay = (lambda: _replay(org_hex=org_hex, action=action)) if idempotency_key else None
+    session = balance_charge_session(organization_id=org_hex, now=now, replay=replay)
+    with session:
+        charge = session.charge(tier)
+        body = _body(charge)
+        insert = session.add(_INSERT_SQL + _ROW_PLACEHOLDER,
+                             _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now)))
+        session.add(*rollup_statement(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now))
+        sent = session.send()
+    if session.replayed is not None:
+        return session.replayed
+    action_id = sent.lastrowids[insert]
     return RecordResult(action_id=action_id, created=True, body={"success": True, "actionId": action_id, **body})
 
 
@@ -347,8 +245,7 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
     org_hex = org_id_hex(organization_id)
     now_db = db_datetime(now)
     prints = [_fingerprint(org_hex, a) if a.idempotency_key else None for a in actions]
-    with transaction.atomic():
-        balance = balance_for_update(organization_id=org_hex, now=now)
+    with balance_charge_session(organization_id=org_hex, now=now) as session:
         # Under the balance lock no other writer can add rows for this org, so this read is exact;
         # the unique constraint still backs it (an IntegrityError aborts the batch, nothing kept).
         # Keys come back byte for byte as stored, and the column compares them bytewise, so these
@@ -386,7 +283,7 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
                     replay_of[i] = bound[key]
                     replayed += 1
                 continue
-            (charge,) = balance_charge_many(balance=balance, tiers=[action.tier], now=now, write=False)
+            charge = session.try_charge(action.tier)
             if isinstance(charge, BillingError):
                 items[i] = {"index": i, "status": charge.http_status, **charge.to_dict()}
                 refused += 1
@@ -398,31 +295,21 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
             inserted.append(i)
             if key:
                 bound[key] = i
-        update = balance_update_statement(balance, now=now)
         if inserted:
-            # The multi-row INSERT, the balance UPDATE and the rollup upsert: one round trip; the ids
-            # come from RETURNING where the engine has it, else from a SELECT in the same trip.
+            # The multi-row INSERT and the rollup upsert go with the balance UPDATE in the session's
+            # one round trip; the ids come from RETURNING where the engine has it, else from a SELECT
+            # in the same trip.
             sql = _INSERT_SQL + ", ".join([_ROW_PLACEHOLDER] * len(inserted))
             returning = bulk_insert_returning()
-            _, results, counts = _execute_together([
-                (sql + " RETURNING id", params) if returning else (sql, params),
-                None if returning else (_IDS_SINCE_INSERT_SQL, [org_hex]),
-                update,
-                rollup_statement(org_hex=org_hex, now=now, rows=rollup_rows),
-            ])
-            ids = [row[0] for row in results[0 if returning else 1]]
-            update_count = counts[1 if returning else 2]
-            if update_count != 1:
-                raise RuntimeError(f"balance UPDATE matched {update_count} rows for org {org_hex}")
+            insert = session.add(sql + " RETURNING id", params) if returning else session.add(sql, params)
+            ids_at = insert if returning else session.add(_IDS_SINCE_INSERT_SQL, [org_hex])
+            session.add(*rollup_statement(org_hex=org_hex, now=now, rows=rollup_rows))
+            ids = [row[0] for row in session.send().rows[ids_at]]
             if len(ids) != len(inserted):  # impossible under the lock; never answer a wrong id
                 raise RuntimeError(f"{len(inserted)} actions inserted for org {org_hex}, {len(ids)} ids read back")
             for i, action_id in zip(inserted, ids, strict=True):
                 items[i]["actionId"] = action_id
-        elif update is not None:  # nothing accepted; only warning timestamps may have changed
-            _execute_together([update])
-        if inserted:
-            if balance.auto_topup_enabled:  # the trigger checks the threshold on the locked row itself
-                topup_maybe_trigger(balance=balance, now=now)
+        # (nothing accepted: the session still writes what changed, e.g. a tier's block)
     for i, first in replay_of.items():
         items[i] = {**items[first], "index": i, "status": 200}
     return BatchResult(recorded=len(inserted), replayed=replayed, refused=refused, items=items)  # type: ignore[arg-type]

@@ -44,25 +44,11 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
-from billing import stripe_gateway
-from billing.errors import BillingError
 from billing.logging import log_money
-from billing.models import ENDED_SUBSCRIPTION_STATUSES, CreditBalance, CreditPurchase, Subscription
+from billing.models import CreditBalance, CreditPurchase
 from billing.plans import PLANS, TIERS
 from billing.services.balance import allowances_in_effect, balance_for_update
-from billing.services.health import (
-    checkout_intent_row,
-    checkout_intents_stuck,
-    health_summary_build,
-    health_summary_send,
-    purchase_row,
-    purchases_stuck,
-    webhook_events_failed,
-    webhook_events_stuck,
-    webhook_row,
-)
-from billing.services.subscription_sync import plan_tier_for_price
-from billing.stripe_payloads import iso, stripe_ts
+from billing.services.health import health_summary_build, health_summary_send, report_value
 from organizations.models import Organization
 
 from .models import BillableAction
@@ -130,8 +116,8 @@ class Drift:
 
     def as_dict(self) -> dict[str, Any]:
         return {"orgId": str(self.organization_id), "org": self.org_slug, "field": self.field,
-                "cached": _json_value(self.cached), "expected": _json_value(self.expected),
-                "difference": _json_value(_difference(self.cached, self.expected))}
+                "cached": report_value(self.cached), "expected": report_value(self.expected),
+                "difference": report_value(_difference(self.cached, self.expected))}
 
 
 @dataclass
@@ -149,14 +135,6 @@ class ReconcileReport:
         return {"checkedOrgs": self.checked_orgs, "driftedOrgs": self.drifted_orgs,
                 "drifts": [d.as_dict() for d in self.drifts], "fixedOrgs": list(self.fixed_orgs),
                 "unfixable": list(self.unfixable)}
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dt.datetime):
-        return iso(value)
-    return value
 
 
 def _difference(cached: Any, expected: Any) -> Any:
@@ -357,86 +335,6 @@ def balance_rebuild(*, organization_id: uuid.UUID, now: dt.datetime, actor: str 
             log_money("rollups.rebuilt", org=organization_id, buckets=buckets, by=actor)
             changed.append("usage_daily_rollups")
     return changed
-
-
-# --- Stripe and stuck work (--stripe) -----------------------------------------------------------
-
-@dataclass
-class StripeReport:
-    checked_subscriptions: int = 0
-    mismatches: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    stuck_purchases: list[dict[str, Any]] = field(default_factory=list)
-    failed_webhooks: list[dict[str, Any]] = field(default_factory=list)
-    stuck_webhooks: list[dict[str, Any]] = field(default_factory=list)
-    stuck_checkouts: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def problems(self) -> int:
-        return (len(self.mismatches) + len(self.errors) + len(self.stuck_purchases) + len(self.failed_webhooks)
-                + len(self.stuck_webhooks) + len(self.stuck_checkouts))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"checkedSubscriptions": self.checked_subscriptions, "mismatches": self.mismatches,
-                "errors": self.errors, "stuckPurchases": self.stuck_purchases,
-                "failedWebhooks": self.failed_webhooks, "stuckWebhooks": self.stuck_webhooks,
-                "stuckCheckouts": self.stuck_checkouts}
-
-
-def _stripe_view(obj: dict) -> dict[str, Any]:
-    """The fields we mirror, read from a Stripe subscription object (period on the item since
-    API 2025-03-31, at the top level before)."""
-    items = ((obj.get("items") or {}).get("data") or [{}])
-    item = items[0] if items else {}
-    price = item.get("price") or {}
-    period_end = item.get("current_period_end") or obj.get("current_period_end")
-    return {"status": obj.get("status"), "plan_tier": plan_tier_for_price(price=price),
-            "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
-            "current_period_end": stripe_ts(period_end)}
-
-
-def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeReport:
-    """Compare every not-ended local subscription with Stripe (one gateway read each, no DB
-    transaction open), check the org mirrors its live subscription, and list purchases and
-    webhook events stuck mid-way."""
-    report = StripeReport()
-    subs = (Subscription.objects.exclude(status__in=list(ENDED_SUBSCRIPTION_STATUSES))
-            .select_related("organization").order_by("pk"))
-    if org_slug is not None:
-        subs = subs.filter(organization__slug=org_slug)
-    for sub in subs.iterator(chunk_size=200):
-        report.checked_subscriptions += 1
-        base = {"org": sub.organization.slug, "subscription": sub.stripe_subscription_id}
-        if sub.is_live and (sub.organization.subscription_tier != sub.plan_tier
-                            or sub.organization.subscription_status != sub.status):
-            report.mismatches.append({**base, "field": "organization",
-                                      "local": f"{sub.organization.subscription_tier}/{sub.organization.subscription_status}",
-                                      "stripe": f"{sub.plan_tier}/{sub.status}"})
-        try:
-            remote = _stripe_view(stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id).obj)
-        except BillingError as exc:
-            report.errors.append({**base, "error": exc.code, "message": exc.message})
-            continue
-        # A deferred downgrade: Stripe already bills the pending (lower) plan's price.
-        local = {"status": sub.status, "plan_tier": sub.pending_plan_tier or sub.plan_tier, "cancel_at_period_end": sub.cancel_at_period_end,
-                 "current_period_end": sub.current_period_end}
-        for name, value in local.items():
-            if remote[name] is not None and remote[name] != value:
-                report.mismatches.append({**base, "field": name, "local": _json_value(value),
-                                          "stripe": _json_value(remote[name])})
-    purchases = purchases_stuck(now=now)
-    failed = webhook_events_failed(now=now)
-    if org_slug is not None:
-        purchases = purchases.filter(organization__slug=org_slug)
-    report.stuck_purchases = [purchase_row(p, now=now) for p in purchases[:1000]]
-    checkouts = checkout_intents_stuck(now=now)
-    if org_slug is not None:
-        checkouts = checkouts.filter(organization__slug=org_slug)
-    report.stuck_checkouts = [checkout_intent_row(i, now=now) for i in checkouts[:1000]]
-    if org_slug is None:  # events carry no org column; listed only for a whole-database run
-        report.failed_webhooks = [webhook_row(e, now=now) for e in failed[:1000]]
-        report.stuck_webhooks = [webhook_row(e, now=now) for e in webhook_events_stuck(now=now)[:1000]]
-    return report
 
 
 # --- daily health summary (billing builds and sends it; the drift count comes from here) ---------

@@ -12,6 +12,7 @@ import hmac
 import time
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from billing.api_shapes import balance_summary_json
 from billing.selectors import balance_summary
 from billing_project.api import json_api, parse_json_body
 from billing_project.errors import AppError, AuthenticationRequired, InvalidRequest, NotFound
@@ -90,6 +92,18 @@ def _user_id(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+def _opaque_json(value: Any) -> Any:
+    """The client's own JSON (metadata), stored as sent: its fractional numbers back from the request
+    parser's Decimals to JSON floats (nothing computes with them)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _opaque_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_opaque_json(v) for v in value]
+    return value
+
+
 def _action_input(data: Any) -> ActionInput:
     if not isinstance(data, dict):
         raise InvalidRequest("each action must be a JSON object")
@@ -100,7 +114,7 @@ def _action_input(data: Any) -> ActionInput:
     return ActionInput(
         user_id=_user_id(data.get("userId")), tier=data.get("actionTier"), agent_id=data.get("agentId"),
         agent_name=data.get("agentName"), action_key=data.get("actionKey"), description=data.get("description"),
-        metadata=data.get("metadata"), idempotency_key=data.get("idempotencyKey"),
+        metadata=_opaque_json(data.get("metadata")), idempotency_key=data.get("idempotencyKey"),
     ).validated()
 
 
@@ -168,4 +182,4 @@ def usage_summary(request: HttpRequest):
     org = Organization.objects.filter(pk=org_id).first()
     if org is None:
         raise NotFound("organization not found", code="ORG_NOT_FOUND")
-    return {"success": True, **balance_summary(organization=org, now=timezone.now())}
+    return {"success": True, **balance_summary_json(balance_summary(organization=org, now=timezone.now()))}

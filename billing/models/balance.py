@@ -20,12 +20,17 @@ from ..plans import (
     TIERS,
 )
 
-__all__ = ["CreditBalance", "WARNING_KINDS"]
-
-#: Warning kinds with a per-tier cooldown timestamp (`warned_<kind>_<tier>_at`).
-WARNING_KINDS: tuple[str, ...] = ("80", "100", "overage", "blocked")
+__all__ = ["CreditBalance", "PaidFrom"]
 
 _ZERO = Decimal("0.00")
+
+
+class PaidFrom(models.TextChoices):
+    """Where one action was paid from: the plan's allowance, top-up credits, or the soft-limit buffer
+    (overage, owed until the next top-up). Billing's charge decides it; usage's facts store it."""
+    PLAN = "plan", "Plan allowance"
+    CREDITS = "credits", "Top-up credits"
+    OVERAGE = "overage", "Overage (soft-limit buffer)"
 
 
 def _non_negative(name: str) -> models.CheckConstraint:
@@ -70,8 +75,8 @@ class CreditBalance(models.Model):
     overage_credits_owed = models.DecimalField(max_digits=12, decimal_places=2, default=_ZERO)
 
     # Auto top-up (opt-in). Threshold in credits (total remaining below it triggers a purchase),
-    # packs per purchase, and at most this many packs per calendar month. Written by the settings
-    # service of the top-up issue.
+    # packs per purchase, and at most this many packs per calendar month. Written by
+    # auto_topup_settings_update.
     auto_topup_enabled = models.BooleanField(default=False)
     auto_topup_threshold = models.DecimalField(max_digits=12, decimal_places=2, default=AUTO_TOPUP_DEFAULT_THRESHOLD)
     auto_topup_packs = models.PositiveIntegerField(default=AUTO_TOPUP_DEFAULT_PACKS)

@@ -2,7 +2,7 @@
 
 Append-only facts in spirit: a row is created as an intent (pending), moves forward through
 its status once, and is never reused for another payment. Written only by
-`billing.services.topups` (intent rows, status transitions, credits application).
+`billing.services.topup_purchases` (intent rows, status transitions, credits application).
 
 Credits are added to the org's balance exactly once per row: the service flips
 `credits_applied_at` from NULL with a conditional UPDATE and calls the engine's
@@ -66,7 +66,7 @@ class CreditPurchase(models.Model):
     amount_cents = models.BigIntegerField()
     currency = models.CharField(max_length=3, default="usd")
     # pending -> started -> succeeded | failed | requires_action; requires_action -> succeeded | canceled |
-    # failed; pending/started -> canceled. Written only by billing.services.topups (conditional UPDATEs).
+    # failed; pending/started -> canceled. Written only by billing.services.topup_purchases / auto_topup (conditional UPDATEs).
     status = models.CharField(max_length=16, choices=PurchaseStatus.choices, default=PurchaseStatus.PENDING)
     # TRUE while an auto top-up row is open (status in OPEN_PURCHASE_STATUSES), else NULL. See module doc.
     open_slot = models.BooleanField(null=True, blank=True, default=None)

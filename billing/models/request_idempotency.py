@@ -1,7 +1,7 @@
 """Incoming idempotency of the money-moving browser endpoints: one row per (org, user, key).
 
 Written only by `billing.idempotency` (the view-layer wrapper) and, for the purchase link, by
-`billing.services.topups`. The key is the client's `Idempotency-Key` header or the dashboard form's
+`billing.services.topup_purchases`. The key is the client's `Idempotency-Key` header or the dashboard form's
 one-time token: an opaque, case-sensitive string; it is matched by `key_hash` (SHA-256 of its UTF-8
 bytes), so no collation can fold case or trailing spaces on MariaDB or MySQL 8.
 
@@ -52,7 +52,7 @@ class RequestIdempotency(models.Model):
     response_body = models.TextField(blank=True, default="")
     response_messages = models.JSONField(default=list, blank=True)
     # The credit purchase this request created (saved-card top-ups): a retry after a failure charges
-    # that same row again (same Stripe idempotency key) instead of buying again. Written by topups.
+    # that same row again (same Stripe idempotency key) instead of buying again. Written by topup_purchases.
     credit_purchase = models.ForeignKey("billing.CreditPurchase", null=True, blank=True, on_delete=models.SET_NULL,
                                         related_name="+")
     created_at = models.DateTimeField()

@@ -1,13 +1,17 @@
-"""The credit engine: charge an action tier against an org's cached balance, under a row lock.
+"""The credit engine's storage: an org's cached balance row, locked and written with hand-written
+SQL, and its lifecycle (creation, the free period's lazy roll, plan changes, top-up credits, the
+record of a refused tier). The engine in three modules, each small enough to hold in one's head:
 
-Rules (../shared/DESIGN.md, "Rules of the credit engine"), for an action of tier T costing c(T):
-  1. used[T] < included[T]            -> used[T] += 1, paid from the plan (0 credits; the last
-                                         included action is free of credits too).
-  2. top-up remaining >= c(T)         -> topup_used += c(T), paid from credits.
-  3. overage[T] < ceil(BUFFER% * included[T])
-                                      -> overage[T] += 1, owed += c(T), paid as overage
-                                         (BILLING_SOFT_LIMIT_BUFFER=0 is a hard limit).
-  4. else                             -> BillingError CREDITS_EXHAUSTED (HTTP 402), nothing written.
+- `billing.services.balance_rules`: the rules, pure (which bucket pays, the API's warnings - the
+  80 % rule lives there once -, which email is due, what a refusal says). No I/O.
+- this module: the storage - the row <-> object conversion, the locking read and the one UPDATE of
+  the changed columns - and the services that lock the row and apply the rules to it. SQL that
+  differs between engines is chosen here, from the connection's vendor and features, when a
+  statement is built; everything else runs the same on MariaDB, MySQL 8 and SQLite (`make run`).
+- `billing.services.charge`: the charge unit of work (`balance_charge_session`) through which the
+  usage API records actions. It owns the lock, the UPDATE, the single round trip that carries the
+  caller's fact INSERT with them, the auto top-up trigger and the refusal record, so `usage`
+  never handles billing's SQL or finishes billing's work.
 
 Concurrency: every writer locks the balance row (`SELECT … FOR UPDATE`) and writes it back in
 the same transaction as the caller's fact row, so N parallel charges equal some serial order.
@@ -25,7 +29,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -39,56 +44,41 @@ from organizations.models import Organization, PlanTier
 from ..errors import BillingError
 from ..models import AllowanceChange, CreditBalance
 from ..notifications import notify_org_admins
-from ..plans import PLANS, TIER_CREDIT_COST, TIERS, plan_for, soft_limit_buffer
+from ..plans import PLANS, TIER_CREDIT_COST, TIERS, plan_for
+from .balance_rules import (
+    EMAIL_FIELD,
+    EMAIL_OVERAGE,
+    EMAIL_TIER_BLOCKED,
+    ChargeResult,
+    CheckResult,
+    PaidFrom,
+    Warning_,
+    auto_topup_due,
+    balance_total_remaining,
+    buffer_actions,
+    credits_exhausted_error,
+    decide,
+    email_context,
+    email_cooled_down,
+    free_period,
+    next_paid_from,
+    next_plan,
+    prorated_included,
+    remaining_by_tier,
+    usage_email_crossed,
+    validate_tier,
+)
+
+__all__ = [  # the rules' names, re-exported: callers import the engine from here
+    "ChargeResult", "CheckResult", "PaidFrom", "Warning_", "balance_total_remaining", "buffer_actions",
+    "free_period", "next_paid_from", "prorated_included", "remaining_by_tier", "validate_tier",
+]
+_next_plan = next_plan  # billing.selectors imports it under this name
 
 logger = logging.getLogger("billing.balance")
 
-_ZERO = Decimal("0.00")
 UTC = dt.timezone.utc
-
-
-class PaidFrom:
-    PLAN = "plan"
-    CREDITS = "credits"
-    OVERAGE = "overage"
-
-
-class Warning_:  # noqa: N801 - the API's warning values, not Python's Warning
-    P80 = "80percent"
-    P100 = "100percent"
-    TOPUP = "using_topup_credits"
-    BUFFER = "buffer"
-
-
-#: Email kinds queued through billing.notifications (one per tier per cooldown).
-EMAIL_USAGE_80 = "usage_80"
-EMAIL_USAGE_100 = "usage_100"
-EMAIL_OVERAGE = "overage"
-EMAIL_TIER_BLOCKED = "tier_blocked"
-_EMAIL_FIELD = {EMAIL_USAGE_80: "warned_80_{tier}_at", EMAIL_USAGE_100: "warned_100_{tier}_at",
-                EMAIL_OVERAGE: "warned_overage_{tier}_at", EMAIL_TIER_BLOCKED: "warned_blocked_{tier}_at"}
 _BLOCKED_FIELDS = tuple(f"blocked_{t}_at" for t in TIERS)
-
-
-@dataclass(frozen=True)
-class ChargeResult:
-    tier: str
-    paid_from: str              # "plan" | "credits" | "overage"
-    credits_charged: Decimal    # plan: 0.00; credits: c(T) from top-up; overage: c(T) owed
-    warning: str | None         # "80percent" | "100percent" | "using_topup_credits" | "buffer" | None
-    balance: CreditBalance      # the balance after this charge (same object for a batch; read promptly)
-    remaining: dict[str, int] = field(default_factory=dict)   # plan actions left per tier, after
-    topup_remaining: Decimal = _ZERO                          # top-up credits left, after
-    auto_topup_due: bool = False  # enabled and total remaining < threshold: hook for the top-up issue
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    allowed: bool
-    tier: str
-    paid_from: str | None       # where the next action of this tier would be paid from
-    warning: str | None
-    balance: CreditBalance
 
 
 @dataclass(frozen=True)
@@ -99,18 +89,16 @@ class TopupCreditResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Row <-> object, hand-written SQL for the hot path.
+# Storage: row <-> object, the locking read, the one UPDATE, one round trip.
 
 _FIELDS: list[models.Field] = list(CreditBalance._meta.concrete_fields)
 _ATTNAMES = [f.attname for f in _FIELDS]
 _COLUMN = {f.attname: f.column for f in _FIELDS}
-_DT_IDX = [i for i, f in enumerate(_FIELDS) if isinstance(f, models.DateTimeField)]
-_BOOL_IDX = [i for i, f in enumerate(_FIELDS) if isinstance(f, models.BooleanField)]
-_ORG_IDX = _ATTNAMES.index("organization_id")
 _TABLE = CreditBalance._meta.db_table
 _SELECT = f"SELECT {', '.join(f.column for f in _FIELDS)} FROM {_TABLE} WHERE organization_id = %s"
-_SELECT_FOR_UPDATE = _SELECT + " FOR UPDATE"
+_SELECT_FOR_UPDATE = _SELECT + " FOR UPDATE"  # also what bench/engine_bench.py's raw ceiling issues
 _UPDATE_SQL_CACHE: dict[tuple[str, ...], str] = {}
+_CONVERTERS: dict[str, list[tuple[int, list, Any]]] = {}  # vendor -> [(column index, converters, expression)]
 
 
 def org_id_hex(organization_id: Any) -> str:
@@ -124,34 +112,49 @@ def org_id_hex(organization_id: Any) -> str:
 
 
 def db_datetime(value: dt.datetime) -> dt.datetime:
-    """Aware -> naive UTC, the MySQL backend's storage form under USE_TZ."""
+    """Aware -> naive UTC, the storage form of Django's MySQL and SQLite backends under USE_TZ."""
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
-def _from_row(row: tuple) -> CreditBalance:
+def balance_lock_sql() -> str:
+    """The locking read of an org's balance row. SQLite has no FOR UPDATE (it locks the database
+    for a writing transaction), so there the same SELECT goes without it."""
+    return _SELECT_FOR_UPDATE if connection.features.has_select_for_update else _SELECT
+
+
+def _converters() -> list[tuple[int, list, Any]]:
+    """The backend's own converters for the balance's columns (what the ORM applies to a row: aware
+    datetimes, bools, UUIDs; exact decimals on SQLite), looked up once per engine."""
+    found = _CONVERTERS.get(connection.vendor)
+    if found is None:
+        found = []
+        for i, f in enumerate(_FIELDS):
+            expression = f.get_col(_TABLE)
+            converters = connection.ops.get_db_converters(expression) + f.get_db_converters(connection)
+            if converters:
+                found.append((i, converters, expression))
+        _CONVERTERS[connection.vendor] = found
+    return found
+
+
+def balance_from_row(row: Sequence) -> CreditBalance:
+    """The balance of a row read by balance_lock_sql() (columns in model order)."""
     values = list(row)
-    for i in _DT_IDX:
-        if values[i] is not None:
-            values[i] = values[i].replace(tzinfo=UTC)
-    for i in _BOOL_IDX:
-        values[i] = bool(values[i])
-    values[_ORG_IDX] = uuid.UUID(values[_ORG_IDX])
+    for i, converters, expression in _converters():
+        value = values[i]
+        for convert in converters:
+            value = convert(value, expression, connection)
+        values[i] = value
     balance = CreditBalance.from_db("default", _ATTNAMES, values)
-    balance._changed = set()  # attnames written since the read (see _save_changes)
+    balance._changed = set()  # attnames written since the read (see balance_update_statement)
     return balance
 
 
 def _fetch(org_hex: str, *, lock: bool) -> CreditBalance | None:
-    if connection.vendor != "mysql":  # SQLite (make run's default): the ORM, which converts types
-        qs = CreditBalance.objects.filter(organization_id=uuid.UUID(org_hex))
-        balance = (qs.select_for_update() if lock else qs).first()
-        if balance is not None:
-            balance._changed = set()
-        return balance
     with connection.cursor() as cursor:
-        cursor.execute(_SELECT_FOR_UPDATE if lock else _SELECT, [org_hex])
+        cursor.execute(balance_lock_sql() if lock else _SELECT, [org_hex])
         row = cursor.fetchone()
-    return _from_row(row) if row is not None else None
+    return balance_from_row(row) if row is not None else None
 
 
 def _mark(balance: CreditBalance, attname: str, value: Any) -> None:
@@ -161,9 +164,8 @@ def _mark(balance: CreditBalance, attname: str, value: Any) -> None:
 
 def balance_update_statement(balance: CreditBalance, *, now: dt.datetime) -> tuple[str, list] | None:
     """The one UPDATE (changed columns + version + updated_at) that writes `balance`'s pending
-    changes, or None. The in-memory balance counts as written: the caller must execute the
-    statement in the same transaction, under the lock it holds (e.g. sent together with its own
-    INSERT as one multi-statement round trip, which shortens the time the row stays locked)."""
+    changes, or None. The in-memory balance counts as written: the statement must run in the same
+    transaction, under the lock (the charge session sends it with the caller's statements)."""
     changed = tuple(sorted(getattr(balance, "_changed", ()) or ()))
     if not changed:
         return None
@@ -195,23 +197,37 @@ def _db_value(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Sent:
+    """What each statement of one round trip answered (by position)."""
+    rows: list[list]            # fetched rows (INSERT … RETURNING, SELECT); [] for none
+    rowcounts: list[int]
+    lastrowids: list[int | None]
+
+
+def statements_send(cursor, statements: list[tuple[str, list]]) -> Sent:
+    """Run (sql, params) statements in order: on MariaDB/MySQL as ONE multi-statement round trip
+    (mysqlclient connects with CLIENT_MULTI_STATEMENTS; every value is still escaped by the
+    driver; the server stops at the first failing statement), elsewhere one by one."""
+    rows: list[list] = []
+    counts: list[int] = []
+    ids: list[int | None] = []
+    multi = connection.vendor == "mysql"
+    if multi:
+        cursor.execute("; ".join(sql for sql, _ in statements), [p for _, params in statements for p in params])
+    for n, (sql, params) in enumerate(statements):
+        if not multi:
+            cursor.execute(sql, params)
+        elif n:
+            cursor.nextset()
+        rows.append(list(cursor.fetchall()) if cursor.description else [])
+        counts.append(cursor.rowcount)
+        ids.append(cursor.lastrowid)
+    return Sent(rows=rows, rowcounts=counts, lastrowids=ids)
+
+
 # ---------------------------------------------------------------------------------------------
-# Periods.
-
-def free_period(*, anchor: dt.datetime, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """The monthly period containing `now`, anchored on `anchor` (the org's creation). Each
-    boundary is `anchor + k months` (day clamped, so a 31st anchor gives Feb 28 then Mar 31)."""
-    months = max((now.year - anchor.year) * 12 + (now.month - anchor.month), 0)
-    start = anchor + relativedelta(months=months)
-    while months > 0 and start > now:
-        months -= 1
-        start = anchor + relativedelta(months=months)
-    end = anchor + relativedelta(months=months + 1)
-    while end <= now:
-        months += 1
-        start, end = end, anchor + relativedelta(months=months + 1)
-    return start, end
-
+# Periods and the balance's lifecycle.
 
 def _set_included(balance: CreditBalance, plan_tier: str) -> None:
     plan = plan_for(plan_tier)
@@ -234,11 +250,11 @@ def _clear_unblocked(balance: CreditBalance) -> None:
     change, or credits still there), so "blocked since" and the next refusal's record stay true.
     In memory (caller saves); free unless some tier is marked blocked."""
     for t, attname in zip(TIERS, _BLOCKED_FIELDS, strict=True):
-        if getattr(balance, attname) is not None and _decide(balance, t) is not None:
+        if getattr(balance, attname) is not None and decide(balance, t) is not None:
             _mark(balance, attname, None)
 
 
-def _roll_if_due(balance: CreditBalance, *, now: dt.datetime, org_created_at: dt.datetime | None = None) -> bool:
+def free_period_roll_if_due(balance: CreditBalance, *, now: dt.datetime, org_created_at: dt.datetime | None = None) -> bool:
     """Free orgs: move to the period containing `now` (in memory; caller saves). Paid orgs keep
     their period until balance_set_plan brings the next one from the subscription."""
     if now < balance.period_end or balance.plan_tier != PlanTier.FREE:
@@ -288,7 +304,7 @@ def balance_for_update(*, organization_id: Any, now: dt.datetime) -> CreditBalan
             balance._changed = set()
             logger.info("credit balance created for org %s (%s)", org.pk, org.subscription_tier)
             return balance
-    if _roll_if_due(balance, now=now):
+    if free_period_roll_if_due(balance, now=now):
         _save_changes(balance, now=now)
         logger.info("free period rolled for org %s to %s", balance.organization_id, balance.period_start)
     return balance
@@ -304,206 +320,110 @@ def balance_read(*, organization_id: Any, now: dt.datetime) -> CreditBalance:
         if org is None:
             raise NotFound("organization not found", code="ORG_NOT_FOUND")
         return _new_balance(org, now=now)
-    _roll_if_due(balance, now=now)
+    free_period_roll_if_due(balance, now=now)
     return balance
 
 
 # ---------------------------------------------------------------------------------------------
-# The rules.
+# Charging a locked balance in memory (the rules applied; the caller writes the UPDATE).
 
-def balance_total_remaining(balance: CreditBalance) -> Decimal:
-    """Plan remainder at tier rates + top-up remainder (what auto top-up compares to its threshold)."""
-    plan_part = sum((TIER_CREDIT_COST[t] * balance.plan_remaining(t) for t in TIERS), _ZERO)
-    return plan_part + balance.topup_remaining
-
-
-def buffer_actions(balance: CreditBalance, tier: str) -> int:
-    """Overage actions the soft-limit buffer allows this period for `tier`."""
-    return soft_limit_buffer(included=balance.included(tier), buffer_percent=settings.BILLING_SOFT_LIMIT_BUFFER)
+@dataclass(frozen=True)
+class DueEmail:
+    """An email the rules made due, claimed in the balance (its warned_*_at is set in the same
+    UPDATE) and queued once that UPDATE's transaction commits."""
+    kind: str
+    tier: str
+    context: dict[str, Any]
 
 
-def _plan_warning(used_after: int, included: int) -> str | None:
-    if used_after >= included:
-        return Warning_.P100
-    if used_after * 100 >= 80 * included:
-        return Warning_.P80
-    return None
-
-
-def _decide(balance: CreditBalance, tier: str) -> tuple[str, Decimal, str | None] | None:
-    """(paid_from, credits, warning) for the next action of `tier`, or None when refused."""
-    used, included = balance.used(tier), balance.included(tier)
-    if used < included:
-        return PaidFrom.PLAN, _ZERO, _plan_warning(used + 1, included)
-    cost = TIER_CREDIT_COST[tier]
-    if balance.topup_remaining >= cost:
-        return PaidFrom.CREDITS, cost, Warning_.TOPUP
-    if balance.overage(tier) < buffer_actions(balance, tier):
-        return PaidFrom.OVERAGE, cost, Warning_.BUFFER
-    return None
-
-
-def next_paid_from(balance: CreditBalance, tier: str) -> str | None:
-    """Where the next action of `tier` would be paid from ("plan" | "credits" | "overage"), or None
-    when it would be refused (the tier is blocked)."""
-    decision = _decide(balance, tier)
-    return decision[0] if decision is not None else None
-
-
-def validate_tier(tier: Any) -> str:
-    if not isinstance(tier, str) or tier not in TIER_CREDIT_COST:
-        raise BillingError(f"actionTier must be one of {', '.join(TIERS)}", code="INVALID_ACTION_TIER",
-                           http_status=400)
-    return tier
-
-
-def _next_plan(plan_tier: str) -> str | None:
-    rank = PLANS[plan_tier].rank
-    higher = sorted((p for p in PLANS.values() if p.rank > rank), key=lambda p: p.rank)
-    return higher[0].tier if higher else None
-
-
-def remaining_by_tier(balance: CreditBalance) -> dict[str, int]:
-    return {t: balance.plan_remaining(t) for t in TIERS}
-
-
-def credits_exhausted_error(balance: CreditBalance, tier: str) -> BillingError:
-    org = balance.organization_id
-    base = settings.APP_BASE_URL.rstrip("/")
-    return BillingError(
-        f"no {tier} actions left: plan allowance, top-up credits and soft-limit buffer are used up",
-        code="CREDITS_EXHAUSTED", http_status=402,
-        extra={
-            "actionTier": tier,
-            "creditsRequired": str(TIER_CREDIT_COST[tier]),
-            "remainingCredits": remaining_by_tier(balance),
-            "topupRemaining": str(balance.topup_remaining),
-            "suggestedPlan": _next_plan(balance.plan_tier),
-            "canTopUp": True,
-            "upgradeUrl": f"{base}/settings/billing?org={org}#plans",
-            "topUpUrl": f"{base}/settings/billing?org={org}#credits",
-        },
-    )
-
-
-def _email_context(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime) -> dict[str, Any]:
-    context = {
-        "tier": tier, "used": balance.used(tier), "included": balance.included(tier),
-        "overage": balance.overage(tier), "topup_remaining": str(balance.topup_remaining),
-        "period_end": balance.period_end.isoformat(),
-    }
-    if kind == EMAIL_TIER_BLOCKED:
-        context.update(blocked_at=now.isoformat(), limit=buffer_actions(balance, tier),
-                       credit_cost=str(TIER_CREDIT_COST[tier]), owed=str(balance.overage_credits_owed),
-                       suggested_plan=_next_plan(balance.plan_tier))
-    return context
-
-
-def _maybe_email(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime, notify: bool = True) -> None:
-    attname = _EMAIL_FIELD[kind].format(tier=tier)
-    last = getattr(balance, attname)
-    if last is not None and now - last < dt.timedelta(hours=settings.BILLING_WARNING_COOLDOWN_HOURS):
+def _email_due(balance: CreditBalance, *, kind: str, tier: str, now: dt.datetime, due: list[DueEmail]) -> None:
+    if not email_cooled_down(balance, kind=kind, tier=tier, now=now):
         return
-    _mark(balance, attname, now)
-    balance._email_due = True
-    if not notify:
-        return
-    notify_org_admins(organization_id=balance.organization_id, kind=kind,
-                      context=_email_context(balance, kind=kind, tier=tier, now=now))
+    _mark(balance, EMAIL_FIELD[kind].format(tier=tier), now)
+    due.append(DueEmail(kind=kind, tier=tier, context=email_context(balance, kind=kind, tier=tier, now=now)))
 
 
-def _apply(balance: CreditBalance, tier: str, *, now: dt.datetime, notify: bool = True) -> ChargeResult:
-    """Charge one action in memory (caller holds the lock and saves). Raises CREDITS_EXHAUSTED.
-    notify=False: a due warning email is only flagged (balance._email_due), not queued."""
+def emails_queue(balance: CreditBalance, emails: list[DueEmail]) -> None:
+    """Queue `emails` to the org's admins (on commit of the current transaction; at once outside one)."""
+    for email in emails:
+        notify_org_admins(organization_id=balance.organization_id, kind=email.kind, context=email.context)
+
+
+def charge_apply(balance: CreditBalance, tier: str, *, now: dt.datetime, emails: list[DueEmail]) -> ChargeResult:
+    """Charge one action of a valid `tier` to a locked `balance`, in memory (the caller writes the
+    UPDATE). A warning email made due goes to `emails`. Raises CREDITS_EXHAUSTED, nothing charged;
+    the error carries the refused balance for balance_record_refusal."""
     if balance.blocked_small_at or balance.blocked_medium_at or balance.blocked_large_at or balance.blocked_xl_at:
         _clear_unblocked(balance)
-    decision = _decide(balance, tier)
+    decision = decide(balance, tier)
     if decision is None:
         error = credits_exhausted_error(balance, tier)
         error.refused_balance = balance  # for balance_record_refusal, once the caller rolled back
         raise error
-    paid_from, cost, warning = decision
-    if paid_from == PaidFrom.PLAN:
+    cost = decision.credits
+    if decision.paid_from == PaidFrom.PLAN:
         before, included = balance.used(tier), balance.included(tier)
         _mark(balance, f"used_{tier}", before + 1)
-        if before + 1 == included:
-            _maybe_email(balance, kind=EMAIL_USAGE_100, tier=tier, now=now, notify=notify)
-        elif before * 100 < 80 * included <= (before + 1) * 100:
-            _maybe_email(balance, kind=EMAIL_USAGE_80, tier=tier, now=now, notify=notify)
-    elif paid_from == PaidFrom.CREDITS:
+        kind = usage_email_crossed(used_before=before, included=included)
+        if kind is not None:
+            _email_due(balance, kind=kind, tier=tier, now=now, due=emails)
+    elif decision.paid_from == PaidFrom.CREDITS:
         _mark(balance, "topup_used", balance.topup_used + cost)
     else:
         before = balance.overage(tier)
         _mark(balance, f"overage_{tier}", before + 1)
         _mark(balance, "overage_credits_owed", balance.overage_credits_owed + cost)
         if before == 0:
-            _maybe_email(balance, kind=EMAIL_OVERAGE, tier=tier, now=now, notify=notify)
-    auto_due = balance.auto_topup_enabled and balance_total_remaining(balance) < balance.auto_topup_threshold
-    return ChargeResult(tier=tier, paid_from=paid_from, credits_charged=cost, warning=warning, balance=balance,
-                        remaining=remaining_by_tier(balance), topup_remaining=balance.topup_remaining,
-                        auto_topup_due=auto_due)
+            _email_due(balance, kind=EMAIL_OVERAGE, tier=tier, now=now, due=emails)
+    return ChargeResult(tier=tier, paid_from=decision.paid_from, credits_charged=cost, warning=decision.warning,
+                        balance=balance, remaining=remaining_by_tier(balance),
+                        topup_remaining=balance.topup_remaining, auto_topup_due=auto_topup_due(balance))
 
 
-def balance_charge(*, organization_id: Any, tier: str, now: dt.datetime, write: bool = True) -> ChargeResult:
-    """Lock the org's balance and charge one action of `tier` (rules above). Must be called
-    inside transaction.atomic(), which must also write the action's fact row. Raises
-    BillingError INVALID_ACTION_TIER (400) / CREDITS_EXHAUSTED (402), NotFound ORG_NOT_FOUND.
-    write=False leaves the UPDATE to the caller: execute balance_update_statement(result.balance)
-    in the same transaction."""
+def charge_apply_or_block(balance: CreditBalance, tier: str, *, now: dt.datetime, emails: list[DueEmail]
+                          ) -> ChargeResult | BillingError:
+    """charge_apply for one item of a transaction that commits anyway (a batch): a refusal is
+    returned, not raised, and the tier's first refusal this period is recorded in the balance
+    (blocked_<tier>_at, in the same UPDATE) with its tier_blocked email."""
+    try:
+        return charge_apply(balance, tier, now=now, emails=emails)
+    except BillingError as exc:
+        if exc.code == "CREDITS_EXHAUSTED" and balance.blocked_at(tier) is None:
+            _mark(balance, f"blocked_{tier}_at", now)
+            _email_due(balance, kind=EMAIL_TIER_BLOCKED, tier=tier, now=now, due=emails)
+        return exc
+
+
+def balance_charge(*, organization_id: Any, tier: str, now: dt.datetime) -> ChargeResult:
+    """Lock the org's balance and charge one action of `tier` (rules in balance_rules), writing
+    the balance. Must be called inside transaction.atomic(), which must also write the action's
+    fact row (the usage API goes through billing.services.charge instead, which sends both in one
+    round trip). Raises BillingError INVALID_ACTION_TIER (400) / CREDITS_EXHAUSTED (402), NotFound
+    ORG_NOT_FOUND."""
     validate_tier(tier)
     balance = balance_for_update(organization_id=organization_id, now=now)
-    result = _apply(balance, tier, now=now)
-    if write:
-        _save_changes(balance, now=now)
+    emails: list[DueEmail] = []
+    result = charge_apply(balance, tier, now=now, emails=emails)
+    _save_changes(balance, now=now)
+    emails_queue(balance, emails)
     return result
 
 
-#: The hot path's locking read, for a caller that sends it in one round trip with START TRANSACTION.
-BALANCE_LOCK_SQL = _SELECT_FOR_UPDATE
-
-
-def balance_charge_row(*, row: tuple, tier: str, now: dt.datetime) -> ChargeResult | None:
-    """The hot path's charge: `row` is this org's balance as read by BALANCE_LOCK_SQL in the
-    caller's open transaction (so locked). Applies the rules in memory; the caller writes
-    balance_update_statement(result.balance) in the same transaction. Returns None - the caller
-    then rolls back and uses balance_charge - when this charge needs more than one UPDATE and a
-    fact row: a free period to roll, a warning email to queue on commit, or an auto top-up due.
-    Raises CREDITS_EXHAUSTED like balance_charge."""
-    validate_tier(tier)
-    balance = _from_row(row)
-    if now >= balance.period_end and balance.plan_tier == PlanTier.FREE:
-        return None
-    balance._email_due = False
-    result = _apply(balance, tier, now=now, notify=False)
-    if balance._email_due or result.auto_topup_due:
-        return None
-    return result
-
-
-def balance_charge_many(*, balance: CreditBalance, tiers: list[str], now: dt.datetime, write: bool = True
+def balance_charge_many(*, balance: CreditBalance, tiers: list[str], now: dt.datetime
                         ) -> list[ChargeResult | BillingError]:
     """Charge several actions, in order, against a balance the caller locked with
-    balance_for_update in this transaction; one UPDATE at the end (write=False: the caller
-    executes balance_update_statement). Per item: the ChargeResult, or the CREDITS_EXHAUSTED
-    error (nothing charged for that item; later items still tried)."""
-    out: list[ChargeResult | BillingError] = []
-    for tier in tiers:
-        validate_tier(tier)
-        try:
-            out.append(_apply(balance, tier, now=now))
-        except BillingError as exc:
-            out.append(exc)
-            if exc.code == "CREDITS_EXHAUSTED" and balance.blocked_at(tier) is None:
-                # This transaction commits (other items were charged): the block goes in its UPDATE.
-                _mark(balance, f"blocked_{tier}_at", now)
-                _maybe_email(balance, kind=EMAIL_TIER_BLOCKED, tier=tier, now=now)
-    if write:
-        _save_changes(balance, now=now)
+    balance_for_update in this transaction; one UPDATE at the end. Per item: the ChargeResult, or
+    the CREDITS_EXHAUSTED error (nothing charged for that item; later items still tried; the tier's
+    first refusal recorded as blocked)."""
+    emails: list[DueEmail] = []
+    out = [charge_apply_or_block(balance, validate_tier(tier), now=now, emails=emails) for tier in tiers]
+    _save_changes(balance, now=now)
+    emails_queue(balance, emails)
     return out
 
 
 def balance_record_refusal(*, error: BillingError, now: dt.datetime) -> bool:
-    """Record a refused action (402 CREDITS_EXHAUSTED from balance_charge / balance_charge_row) once
+    """Record a refused action (402 CREDITS_EXHAUSTED raised by charge_apply) once
     its transaction rolled back: the first refusal of the tier in the period sets blocked_<tier>_at
     and queues the tier_blocked email to the admins (BILLING_WARNING_COOLDOWN_HOURS per tier, like
     the warnings). Returns True when this call recorded the block.
@@ -533,7 +453,7 @@ def balance_record_refusal(*, error: BillingError, now: dt.datetime) -> bool:
                        .update(**{warned: now}))
             if emailed:  # queued on commit, through the Celery task, like the warnings
                 notify_org_admins(organization_id=balance.organization_id, kind=EMAIL_TIER_BLOCKED,
-                                  context=_email_context(balance, kind=EMAIL_TIER_BLOCKED, tier=tier, now=now))
+                                  context=email_context(balance, kind=EMAIL_TIER_BLOCKED, tier=tier, now=now))
     except DatabaseError:  # the caller's 402 still goes out; the next refusal tries again
         logger.exception("could not record the %s block of org %s", tier, balance.organization_id)
         return False
@@ -545,10 +465,11 @@ def balance_check(*, organization_id: Any, tier: str, now: dt.datetime) -> Check
     """Would an action of `tier` be accepted now, and paid from where? Reads only."""
     validate_tier(tier)
     balance = balance_read(organization_id=organization_id, now=now)
-    decision = _decide(balance, tier)
+    decision = decide(balance, tier)
     if decision is None:
         return CheckResult(allowed=False, tier=tier, paid_from=None, warning=None, balance=balance)
-    return CheckResult(allowed=True, tier=tier, paid_from=decision[0], warning=decision[2], balance=balance)
+    return CheckResult(allowed=True, tier=tier, paid_from=decision.paid_from, warning=decision.warning,
+                       balance=balance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,20 +514,6 @@ def balance_set_plan(*, organization_id: Any, plan_tier: str, now: dt.datetime,
     logger.info("balance plan set org=%s plan=%s reset=%s period=%s..%s", balance.organization_id, plan_tier,
                 reset_usage, balance.period_start, balance.period_end)
     return balance
-
-
-def prorated_included(*, from_plan: str, plan_tier: str, base: dict[str, int], period_start: dt.datetime,
-                      period_end: dt.datetime, effective_at: dt.datetime) -> dict[str, int]:
-    """The allowances after an upgrade inside a period: `base` (what the period had) plus each tier's
-    added allowance (new plan's included - old plan's) prorated by the time left, rounded up — as
-    Stripe prorates the price: ceil(added * left / period), in whole seconds."""
-    length = max(1, int((period_end - period_start).total_seconds()))
-    left = min(length, max(0, int((period_end - effective_at).total_seconds())))
-    out = {}
-    for t in TIERS:
-        added = max(0, PLANS[plan_tier].included[t] - PLANS[from_plan].included[t])
-        out[t] = min(PLANS[plan_tier].included[t], base[t] + -(-added * left // length))
-    return out
 
 
 def allowances_in_effect(*, balances: list[CreditBalance]) -> dict[Any, dict[str, int]]:

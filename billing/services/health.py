@@ -1,21 +1,36 @@
-"""Operational health: what is stuck mid-way, and the daily summary emailed to staff.
+"""Operational health: what is stuck mid-way, the comparison of our subscriptions with Stripe, and
+the daily summary emailed to staff.
 
-Selectors here are shared by `manage.py reconcile --stripe` (usage) and the daily summary task.
-Billing cannot import usage, so the balance drift count is computed by the caller (usage's
-reconcile) and passed in.
+`manage.py reconcile --stripe` (usage's command) prints `stripe_compare`; the daily summary task
+builds and sends a `HealthSummary`. Billing cannot import usage, so the balance drift count is
+computed by the caller (usage's reconcile) and passed in.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db.models import Q, QuerySet
 
-from ..models import CheckoutIntent, CheckoutIntentStatus, CreditPurchase, PurchaseStatus, WebhookEvent, WebhookEventStatus
+from .. import stripe_gateway
+from ..errors import BillingError
+from ..models import (
+    ENDED_SUBSCRIPTION_STATUSES,
+    CheckoutIntent,
+    CheckoutIntentStatus,
+    CreditPurchase,
+    PurchaseStatus,
+    Subscription,
+    WebhookEvent,
+    WebhookEventStatus,
+)
+from ..stripe_payloads import iso, stripe_ts
+from .subscription_sync import plan_tier_for_price
 
 logger = logging.getLogger("billing.health")
 
@@ -153,3 +168,92 @@ def health_summary_send(*, summary: HealthSummary) -> int:
                      recipient_list=recipients)
     logger.info("daily health summary sent to %s: %s", ",".join(recipients), summary.subject())
     return sent
+
+
+def report_value(value: Any) -> Any:
+    """A value as a report shows it: decimals as plain strings, datetimes as ISO 8601 (UTC)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    return value
+
+
+# --- Stripe and stuck work (--stripe) -----------------------------------------------------------
+
+@dataclass
+class StripeReport:
+    checked_subscriptions: int = 0
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    stuck_purchases: list[dict[str, Any]] = field(default_factory=list)
+    failed_webhooks: list[dict[str, Any]] = field(default_factory=list)
+    stuck_webhooks: list[dict[str, Any]] = field(default_factory=list)
+    stuck_checkouts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return (len(self.mismatches) + len(self.errors) + len(self.stuck_purchases) + len(self.failed_webhooks)
+                + len(self.stuck_webhooks) + len(self.stuck_checkouts))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"checkedSubscriptions": self.checked_subscriptions, "mismatches": self.mismatches,
+                "errors": self.errors, "stuckPurchases": self.stuck_purchases,
+                "failedWebhooks": self.failed_webhooks, "stuckWebhooks": self.stuck_webhooks,
+                "stuckCheckouts": self.stuck_checkouts}
+
+
+def _stripe_view(obj: dict) -> dict[str, Any]:
+    """The fields we mirror, read from a Stripe subscription object (period on the item since
+    API 2025-03-31, at the top level before)."""
+    items = ((obj.get("items") or {}).get("data") or [{}])
+    item = items[0] if items else {}
+    price = item.get("price") or {}
+    period_end = item.get("current_period_end") or obj.get("current_period_end")
+    return {"status": obj.get("status"), "plan_tier": plan_tier_for_price(price=price),
+            "cancel_at_period_end": bool(obj.get("cancel_at_period_end")),
+            "current_period_end": stripe_ts(period_end)}
+
+
+def stripe_compare(*, now: dt.datetime, org_slug: str | None = None) -> StripeReport:
+    """Compare every not-ended local subscription with Stripe (one gateway read each, no DB
+    transaction open), check the org mirrors its live subscription, and list purchases and
+    webhook events stuck mid-way."""
+    report = StripeReport()
+    subs = (Subscription.objects.exclude(status__in=list(ENDED_SUBSCRIPTION_STATUSES))
+            .select_related("organization").order_by("pk"))
+    if org_slug is not None:
+        subs = subs.filter(organization__slug=org_slug)
+    for sub in subs.iterator(chunk_size=200):
+        report.checked_subscriptions += 1
+        base = {"org": sub.organization.slug, "subscription": sub.stripe_subscription_id}
+        if sub.is_live and (sub.organization.subscription_tier != sub.plan_tier
+                            or sub.organization.subscription_status != sub.status):
+            report.mismatches.append({**base, "field": "organization",
+                                      "local": f"{sub.organization.subscription_tier}/{sub.organization.subscription_status}",
+                                      "stripe": f"{sub.plan_tier}/{sub.status}"})
+        try:
+            remote = _stripe_view(stripe_gateway.subscription_retrieve(subscription_id=sub.stripe_subscription_id).obj)
+        except BillingError as exc:
+            report.errors.append({**base, "error": exc.code, "message": exc.message})
+            continue
+        # A deferred downgrade: Stripe already bills the pending (lower) plan's price.
+        local = {"status": sub.status, "plan_tier": sub.pending_plan_tier or sub.plan_tier, "cancel_at_period_end": sub.cancel_at_period_end,
+                 "current_period_end": sub.current_period_end}
+        for name, value in local.items():
+            if remote[name] is not None and remote[name] != value:
+                report.mismatches.append({**base, "field": name, "local": report_value(value),
+                                          "stripe": report_value(remote[name])})
+    purchases = purchases_stuck(now=now)
+    failed = webhook_events_failed(now=now)
+    if org_slug is not None:
+        purchases = purchases.filter(organization__slug=org_slug)
+    report.stuck_purchases = [purchase_row(p, now=now) for p in purchases[:1000]]
+    checkouts = checkout_intents_stuck(now=now)
+    if org_slug is not None:
+        checkouts = checkouts.filter(organization__slug=org_slug)
+    report.stuck_checkouts = [checkout_intent_row(i, now=now) for i in checkouts[:1000]]
+    if org_slug is None:  # events carry no org column; listed only for a whole-database run
+        report.failed_webhooks = [webhook_row(e, now=now) for e in failed[:1000]]
+        report.stuck_webhooks = [webhook_row(e, now=now) for e in webhook_events_stuck(now=now)[:1000]]
+    return report

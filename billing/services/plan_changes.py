@@ -27,7 +27,7 @@ from ..models.checkout_intents import CheckoutIntent, CheckoutIntentStatus
 from ..models.invoices import Invoice, InvoiceStatus
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES, Subscription
 from ..plans import CURRENCY, PAID_PLAN_TIERS, PLANS, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, TRIAL_DAYS
-from ..stripe_payloads import iso, stripe_ts
+from ..stripe_payloads import stripe_ts
 from .subscription_sync import subscription_sync
 
 logger = logging.getLogger("billing.checkout")
@@ -313,17 +313,16 @@ def checkout_start(*, organization, plan_tier: str, email: str | None, now: dt.d
         metadata={"orgId": str(organization.pk), "planTier": plan_tier, "checkoutIntentId": str(intent.pk)},
         trial_period_days=trial_days or None, idempotency_key=f"checkout:{intent.pk}")
     CheckoutIntent.objects.filter(pk=intent.pk, stripe_checkout_session_id__isnull=True).update(
-        stripe_checkout_session_id=session["id"], checkout_url=session["url"],
-        session_expires_at=stripe_ts(session.get("expires_at")))
+        stripe_checkout_session_id=session.id, checkout_url=session.url, session_expires_at=session.expires_at)
     intent.refresh_from_db()
-    if intent.status == CheckoutIntentStatus.EXPIRED and intent.stripe_checkout_session_id == session["id"]:
+    if intent.status == CheckoutIntentStatus.EXPIRED and intent.stripe_checkout_session_id == session.id:
         # Another tab superseded this intent while we were calling Stripe (it saw no session to expire):
         # expire ours ourselves, so only the newer checkout can be completed.
         checkout_session_expire_at_stripe(intent=intent)
         raise Conflict("a checkout for another plan replaced this one", code="CHECKOUT_SUPERSEDED")
-    logger.info("checkout intent %s started session %s (%s, trial %s)", intent.pk, session["id"], plan_tier,
+    logger.info("checkout intent %s started session %s (%s, trial %s)", intent.pk, session.id, plan_tier,
                 trial_days)
-    return {**_checkout_result(intent, reused=False), "url": session["url"], "sessionId": session["id"]}
+    return {**_checkout_result(intent, reused=False), "url": session.url, "sessionId": session.id}
 
 
 def billing_portal_open(*, organization, now: dt.datetime, return_url: str | None = None) -> dict[str, Any]:
@@ -504,28 +503,15 @@ def subscription_trial_extend(*, subscription: Subscription, days: int, now: dt.
     return subscription_sync(stripe_subscription=snap, now=now)
 
 
-def subscription_status(*, organization) -> dict[str, Any]:
-    """What the dashboard and API show: the org's plan and its Stripe subscription (if any)."""
+@dataclass(frozen=True)
+class PlanStatus:
+    """What the dashboard and API show: the org (its plan, status and trial) and its Stripe
+    subscription (the live one, else the latest; None when it never had one)."""
+    organization: Organization
+    subscription: Subscription | None
+
+
+def subscription_status(*, organization: Organization) -> PlanStatus:
     sub = subscription_current(organization=organization) or (
         Subscription.objects.filter(organization=organization).order_by("-created_at", "-pk").first())
-
-    return {
-        "orgId": str(organization.pk),
-        "planTier": organization.subscription_tier,
-        "status": organization.subscription_status,
-        "trialEndsAt": iso(organization.trial_ends_at),
-        "trialUsed": organization.trial_ends_at is not None,
-        "hasBillingAccount": bool(organization.stripe_customer_id),
-        "subscription": None if sub is None else {
-            "id": sub.stripe_subscription_id, "planTier": sub.plan_tier, "status": sub.status,
-            "currentPeriodStart": iso(sub.current_period_start), "currentPeriodEnd": iso(sub.current_period_end),
-            "trialEnd": iso(sub.trial_end), "cancelAtPeriodEnd": sub.cancel_at_period_end,
-            "pendingPlanTier": sub.pending_plan_tier or None,
-            "pendingPlanAt": iso(sub.current_period_end) if sub.pending_plan_tier else None,
-            # An upgrade Stripe holds until its invoice is paid (the plan above is unchanged meanwhile).
-            "pendingUpgradePlanTier": sub.pending_update_plan_tier or None,
-            "pendingUpgradeExpiresAt": iso(sub.pending_update_expires_at) if sub.pending_update_plan_tier else None,
-            "canceledAt": iso(sub.canceled_at), "endedAt": iso(sub.ended_at),
-            "gracePeriodEndsAt": iso(sub.grace_period_ends_at),
-        },
-    }
+    return PlanStatus(organization=organization, subscription=sub)

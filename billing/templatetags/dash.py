@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from django import template
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 
 from organizations.selectors import memberships_for_user
 
 register = template.Library()
 
-#: (label, url name). Pages other issues add (usage history, invoices) appear once their URL name exists.
+#: (label, url name) of the main navigation, in order.
 NAV_ITEMS = (
     ("Billing", "billing-dashboard"),
     ("Plans", "billing-plans"),
@@ -29,10 +29,7 @@ def main_nav(context) -> dict:
     org_qs = f"?org={current.organization.slug}" if current is not None and len(memberships) > 1 else ""
     items = []
     for label, name in NAV_ITEMS:
-        try:
-            url = reverse(name)
-        except NoReverseMatch:
-            continue
+        url = reverse(name)
         items.append({"label": label, "url": url + org_qs, "active": page_path == url})
     return {
         "items": items,

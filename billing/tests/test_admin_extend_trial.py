@@ -13,8 +13,9 @@ from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Subscription, WebhookEvent
 from billing.services.plan_changes import checkout_start
 from organizations.tests.factories import MembershipFactory, OrganizationFactory, UserFactory
+from tests import stripe_calls
 
-from .webhook_support import replay_sim_events
+from .stripe_events import replay_sim_events
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -39,7 +40,7 @@ def test_gateway_extend_trial_moves_trial_end_and_emits_update(trialing, stripe_
     after = gw.subscription_extend_trial(subscription_id=sub_id, trial_end=target, idempotency_key="t-extend-1").obj
     assert after["status"] == "trialing" and after["trial_end"] == target
     assert after["items"]["data"][0]["current_period_end"] == target
-    update = gw.event_list(types=["customer.subscription.updated"], limit=1)[0]
+    update = stripe_calls.event_list(types=["customer.subscription.updated"], limit=1)[0]
     assert update["data"]["object"]["trial_end"] == target
     assert update["data"]["previous_attributes"]["trial_end"] == before["trial_end"]
     # Same key, same request: replayed, not applied twice.

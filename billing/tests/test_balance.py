@@ -10,6 +10,7 @@ from django.db import transaction
 
 from billing.errors import BillingError
 from billing.models import CreditBalance
+from billing.api_shapes import balance_summary_json
 from billing.selectors import balance_summary
 from billing.services.balance import (
     balance_add_topup_credits,
@@ -174,7 +175,7 @@ def test_check_and_summary_see_the_rolled_period_without_writing(now):
     assert balance_check(organization_id=org.pk, tier="small", now=now).paid_from == "overage"
     check = balance_check(organization_id=org.pk, tier="small", now=later)
     assert check.allowed and check.paid_from == "plan"
-    summary = balance_summary(organization=org, now=later)
+    summary = balance_summary_json(balance_summary(organization=org, now=later))
     assert summary["tiers"]["small"] == {"included": 10, "used": 0, "remaining": 10, "overage": 0,
                                          "overageAllowed": 1, "creditCost": "1.00"}
     assert bal(org).version == version and bal(org).used_small == 10

@@ -12,6 +12,7 @@ from billing.models import Subscription
 from billing.services import plan_changes
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
+from tests import stripe_calls
 
 pytestmark = pytest.mark.django_db
 
@@ -125,7 +126,7 @@ def test_paid_upgrade_charges_proration(client, owner, stripe_settings):
     assert Subscription.objects.get(stripe_subscription_id=sub_id).status == "active"
     status, body = _api(client, "POST", "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
     assert status == 200 and body["subscription"]["planTier"] == "max"
-    invoices = gw.invoice_list(customer_id=org.stripe_customer_id)
+    invoices = stripe_calls.invoice_list(customer_id=org.stripe_customer_id)
     assert invoices[0]["billing_reason"] == "subscription_update" and invoices[0]["status"] == "paid"
     assert invoices[0]["amount_paid"] > 0
 

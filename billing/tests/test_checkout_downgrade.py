@@ -6,70 +6,42 @@ refunded now; the next renewal invoices the lower price); subscription_sync keep
 allowances until the period ends (pending_plan_tier) and applies the lower plan with the new period."""
 from __future__ import annotations
 
-import datetime as dt
-import json
 
 import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Invoice, Subscription, WebhookEvent
 from billing.services.balance import balance_charge
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
+from tests import stripe_calls
 
-from .webhook_support import post_event, replay_sim_events
+from .paid_org import DAY, owner, post_json, stripe_price, subscribe  # noqa: F401 - owner is a fixture
+from .stripe_events import post_event, replay_sim_events
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-DAY = 86400
-
-
-@pytest.fixture
-def owner(stripe_settings):
-    membership = MembershipFactory(role=Role.OWNER)
-    org = membership.organization
-    org.trial_ends_at = timezone.now() - dt.timedelta(days=90)  # trial used: paid from day one
-    org.save(update_fields=["trial_ends_at"])
-    return membership
-
-
-def _post(client, path, body):
-    resp = client.post(path, data=json.dumps(body), content_type="application/json")
-    return resp.status_code, resp.json()
-
-
-def _subscribe(client, owner, sim, seen, tier="pro"):
-    status, body = _post(client, "/api/billing/checkout", {"orgId": str(owner.organization_id), "planTier": tier})
-    assert status == 200, body
-    cs = sim.complete_checkout(body["sessionId"], card="4242424242424242")
-    replay_sim_events(client, seen)
-    return cs["subscription"]
-
-
-def _stripe_price(sub_id):
-    return gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["price"]["id"]
 
 
 def test_downgrade_keeps_allowances_until_renewal_then_bills_the_lower_price(client, owner, stripe_settings):
     sim, prices, seen = stripe_settings.sim, stripe_settings.prices, set()
     org = owner.organization
     client.force_login(owner.user)
-    sub_id = _subscribe(client, owner, sim, seen)
+    sub_id = subscribe(client, owner, sim, seen)
     org.refresh_from_db()
     assert org.subscription_tier == "pro"
     with transaction.atomic():
         balance_charge(organization_id=org.pk, tier="small", now=timezone.now())
-    invoices_before = len(gw.invoice_list(customer_id=org.stripe_customer_id))
+    invoices_before = len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id))
 
-    status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
+    status, body = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
     assert status == 200, body
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
     assert body["subscription"]["planTier"] == "pro" and body["subscription"]["pendingPlanTier"] == "starter"
     assert body["subscription"]["pendingPlanAt"] == sub.current_period_end.isoformat()
-    assert _stripe_price(sub_id) == prices["STRIPE_PRICE_STARTER"]  # Stripe bills starter from the next period
-    assert len(gw.invoice_list(customer_id=org.stripe_customer_id)) == invoices_before  # nothing charged now
+    assert stripe_price(sub_id) == prices["STRIPE_PRICE_STARTER"]  # Stripe bills starter from the next period
+    assert len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id)) == invoices_before  # nothing charged now
 
     # The webhooks for that change (and every earlier event again) change nothing: still Pro until the end.
     replay_sim_events(client, seen)
@@ -104,7 +76,7 @@ def test_downgrade_keeps_allowances_until_renewal_then_bills_the_lower_price(cli
     assert "Changes to" not in page
 
     # An older event delivered late (the downgrade's own update) never undoes the renewal.
-    old = next(e for e in gw.event_list(types=["customer.subscription.updated"], limit=100)
+    old = next(e for e in stripe_calls.event_list(types=["customer.subscription.updated"], limit=100)
                if (e["data"].get("previous_attributes") or {}).get("items")
                and e["data"]["object"]["items"]["data"][0]["current_period_start"] < int(sub.current_period_start.timestamp()))
     seen.discard(old["id"])
@@ -126,7 +98,7 @@ def test_keep_plan_then_downgrade_again_then_upgrade_prorates_from_the_paid_plan
     sim, prices, seen = stripe_settings.sim, stripe_settings.prices, set()
     org = owner.organization
     client.force_login(owner.user)
-    sub_id = _subscribe(client, owner, sim, seen)
+    sub_id = subscribe(client, owner, sim, seen)
 
     # Plan picker: the lower plan's button posts to the downgrade endpoint (a form post).
     page = client.get(f"/billing?org={org.slug}").content.decode()
@@ -138,27 +110,27 @@ def test_keep_plan_then_downgrade_again_then_upgrade_prorates_from_the_paid_plan
     assert "Keep Pro" in page and 'action="/api/billing/subscription/downgrade/cancel"' in page
 
     # Keep the plan (form post from the dashboard): Stripe back on Pro, nothing pending, nothing charged.
-    invoices_before = len(gw.invoice_list(customer_id=org.stripe_customer_id))
+    invoices_before = len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id))
     resp = client.post("/api/billing/subscription/downgrade/cancel", {"org": org.slug})
     assert resp.status_code == 302
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
-    assert (sub.plan_tier, sub.pending_plan_tier) == ("pro", "") and _stripe_price(sub_id) == prices["STRIPE_PRICE_PRO"]
-    assert len(gw.invoice_list(customer_id=org.stripe_customer_id)) == invoices_before
+    assert (sub.plan_tier, sub.pending_plan_tier) == ("pro", "") and stripe_price(sub_id) == prices["STRIPE_PRICE_PRO"]
+    assert len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id)) == invoices_before
 
     # The same downgrade again is a new Stripe request (not a replay of the first answer).
-    status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
+    status, body = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
     assert status == 200 and body["subscription"]["pendingPlanTier"] == "starter"
-    assert _stripe_price(sub_id) == prices["STRIPE_PRICE_STARTER"]
+    assert stripe_price(sub_id) == prices["STRIPE_PRICE_STARTER"]
     # Double click: already scheduled, same answer.
-    status, again = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
+    status, again = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
     assert status == 200 and again["subscription"]["pendingPlanTier"] == "starter"
 
     # Upgrading to Max while the downgrade is pending: prorated from Pro (what was paid), at once.
-    status, body = _post(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
+    status, body = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
     assert status == 200 and body["subscription"]["planTier"] == "max" and body["subscription"]["pendingPlanTier"] is None
     org.refresh_from_db()
     assert org.subscription_tier == "max"
-    upgrade_invoice = gw.invoice_list(customer_id=org.stripe_customer_id)[0]
+    upgrade_invoice = stripe_calls.invoice_list(customer_id=org.stripe_customer_id)[0]
     assert upgrade_invoice["billing_reason"] == "subscription_update" and upgrade_invoice["status"] == "paid"
     descriptions = [line["description"] for line in upgrade_invoice["lines"]["data"]]
     assert any("Unused time on Pro" in d for d in descriptions), descriptions
@@ -172,14 +144,14 @@ def test_downgrade_refusals(client, owner, stripe_settings):
     sim, seen = stripe_settings.sim, set()
     org = owner.organization
     client.force_login(owner.user)
-    status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
+    status, body = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
     assert status == 409 and body["error"]["code"] == "NO_SUBSCRIPTION"
-    _subscribe(client, owner, sim, seen, tier="starter")
-    status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "max"})
+    subscribe(client, owner, sim, seen, tier="starter")
+    status, body = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "max"})
     assert status == 400 and body["error"]["code"] == "NOT_A_DOWNGRADE"
-    status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "gold"})
+    status, body = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "gold"})
     assert status == 400 and body["error"]["code"] == "INVALID_PLAN"
     member = MembershipFactory(organization=org, role=Role.MEMBER)
     client.force_login(member.user)
-    status, body = _post(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
+    status, body = post_json(client, "/api/billing/subscription/downgrade", {"orgId": str(org.pk), "plan": "starter"})
     assert status == 403

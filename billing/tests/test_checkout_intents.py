@@ -17,7 +17,7 @@ from billing.services.health import checkout_intents_stuck
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
 
-from .webhook_support import replay_sim_events
+from .stripe_events import replay_sim_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,7 +57,7 @@ def test_double_click_reuses_the_open_session_and_webhook_completes_the_intent(c
         cancel_url=f"{base}/settings/billing?checkout=canceled",
         metadata={"orgId": str(org.pk), "planTier": "pro", "checkoutIntentId": str(intent.pk)},
         trial_period_days=7, idempotency_key=f"checkout:{intent.pk}")
-    assert again["id"] == first["sessionId"]
+    assert again.id == first["sessionId"]
 
     stripe_settings.sim.complete_checkout(first["sessionId"], card="")
     replay_sim_events(client, set())
@@ -88,7 +88,7 @@ def test_other_plan_supersedes_the_open_intent_and_expired_session_closes_it(cli
 
 
 def test_intent_left_started_is_listed_not_reused_and_its_webhook_still_closes_it(client, owner, stripe_settings):
-    from usage.services_reconcile import stripe_compare
+    from billing.services.health import stripe_compare
 
     org = owner.organization
     now = timezone.now()

@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing.models import Subscription
 from billing.services.dunning import dunning_enforce
 
-from .webhook_support import (  # noqa: F401 - fixtures are used by name
+from .stripe_events import (  # noqa: F401 - fixtures are used by name
     DAY,
     deliver,
     hooks_stripe_settings,

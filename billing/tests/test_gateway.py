@@ -10,6 +10,7 @@ from billing import stripe_gateway as gw
 from billing.errors import BillingError
 from billing.stripe_gateway import StripeCardError
 from stripe_sim.webhooks import sign
+from tests import stripe_calls
 
 
 def _customer(key: str = "c1") -> dict:
@@ -59,7 +60,7 @@ def test_missing_idempotency_key_is_refused(stripe_settings):
 def test_cards_declined_on_attach(stripe_settings, pm, code):
     cus = _customer()
     with pytest.raises(StripeCardError) as exc:
-        gw.payment_method_attach(payment_method_id=pm, customer_id=cus["id"], idempotency_key=f"attach:{pm}")
+        stripe_calls.payment_method_attach(payment_method_id=pm, customer_id=cus["id"], idempotency_key=f"attach:{pm}")
     assert exc.value.code == code and exc.value.http_status == 402
     assert gw.payment_method_list(customer_id=cus["id"]) == []
 
@@ -77,7 +78,7 @@ def test_off_session_payment_intent_per_test_card(stripe_settings, pm, code, dec
                   idempotency_key=f"pi:{pm}", payment_method_id=pm)
     if code is None:
         pi = gw.payment_intent_create_off_session(**kwargs)
-        assert pi["status"] == "succeeded" and pi["amount_received"] == 2000 and pi["metadata"] == {"purpose": "test"}
+        assert pi.status == "succeeded" and pi.obj["amount_received"] == 2000 and pi.metadata == {"purpose": "test"}
         return
     with pytest.raises(StripeCardError) as exc:
         gw.payment_intent_create_off_session(**kwargs)
@@ -93,24 +94,24 @@ def test_saved_cards_attach_default_and_charge(stripe_settings):
         gw.payment_intent_create_off_session(customer_id=cus["id"], amount_cents=2000, metadata={},
                                              idempotency_key="pi:none")
     assert exc.value.code == "NO_PAYMENT_METHOD"
-    fail = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=cus["id"],
+    fail = stripe_calls.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=cus["id"],
                                     idempotency_key="attach:0341")  # 0341 attaches fine...
-    gw.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=fail["id"],
+    stripe_calls.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=fail["id"],
                                            idempotency_key="default:0341")
     assert gw.payment_method_default(customer_id=cus["id"])["card"]["last4"] == "0341"
     with pytest.raises(StripeCardError) as exc:  # ...but every charge fails
         gw.payment_intent_create_off_session(customer_id=cus["id"], amount_cents=2000, metadata={},
                                              idempotency_key="pi:0341")
     assert exc.value.code == "CARD_DECLINED"
-    visa = gw.payment_method_attach(payment_method_id="pm_card_visa", customer_id=cus["id"],
+    visa = stripe_calls.payment_method_attach(payment_method_id="pm_card_visa", customer_id=cus["id"],
                                     idempotency_key="attach:visa")
-    gw.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=visa["id"],
+    stripe_calls.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=visa["id"],
                                            idempotency_key="default:visa")
     pi = gw.payment_intent_create_off_session(customer_id=cus["id"], amount_cents=4000, metadata={"n": "1"},
                                               idempotency_key="pi:visa")
     again = gw.payment_intent_create_off_session(customer_id=cus["id"], amount_cents=4000, metadata={"n": "1"},
                                                  idempotency_key="pi:visa")
-    assert pi["status"] == "succeeded" and pi["payment_method"] == visa["id"] and again["id"] == pi["id"]
+    assert pi.status == "succeeded" and pi.obj["payment_method"] == visa["id"] and again.id == pi.id
     assert {pm["id"] for pm in gw.payment_method_list(customer_id=cus["id"])} == {fail["id"], visa["id"]}
 
 
@@ -135,13 +136,13 @@ def test_subscription_checkout_trial_then_upgrade_and_cancel(stripe_settings):
                                     success_url="http://app/ok?cs={CHECKOUT_SESSION_ID}", cancel_url="http://app/no",
                                     metadata={"orgId": "org-1", "planTier": "starter"}, trial_period_days=7,
                                     idempotency_key="cs:1")
-    assert cs["url"].startswith(sim.base_url + "/checkout/") and cs["status"] == "open"
-    done = sim.complete_checkout(cs["id"], card="")  # trial + if_required: no card needed
+    assert cs.url.startswith(sim.base_url + "/checkout/") and cs.status == "open"
+    done = sim.complete_checkout(cs.id, card="")  # trial + if_required: no card needed
     assert done["status"] == "complete" and done["payment_status"] == "no_payment_required"
     sub = gw.subscription_retrieve(done["subscription"]).obj
     assert sub["status"] == "trialing" and sub["metadata"] == {"orgId": "org-1", "planTier": "starter"}
     assert sub["trial_end"] - sub["trial_start"] == 7 * 86400
-    assert gw.checkout_session_retrieve(cs["id"])["subscription"] == sub["id"]
+    assert gw.checkout_session_retrieve(cs.id)["subscription"] == sub["id"]
 
     up, pending = gw.subscription_upgrade_price(subscription_id=sub["id"],
                                                 price_id=stripe_settings.prices["STRIPE_PRICE_PRO"],
@@ -154,7 +155,7 @@ def test_subscription_checkout_trial_then_upgrade_and_cancel(stripe_settings):
     assert later["cancel_at_period_end"] is True and later["status"] == "trialing"
     now = gw.subscription_cancel(subscription_id=sub["id"], idempotency_key="cancel:2").obj
     assert now["status"] == "canceled" and now["ended_at"]
-    assert [s["id"] for s in gw.subscription_list(customer_id=cus["id"])] == [sub["id"]]
+    assert [s["id"] for s in stripe_calls.subscription_list(customer_id=cus["id"])] == [sub["id"]]
 
 
 def test_paid_subscription_upgrade_prorates_now(stripe_settings):
@@ -164,10 +165,10 @@ def test_paid_subscription_upgrade_prorates_now(stripe_settings):
                                     price_id=stripe_settings.prices["STRIPE_PRICE_STARTER"], success_url="http://a/ok",
                                     cancel_url="http://a/no", metadata={"orgId": "o"}, trial_period_days=None,
                                     idempotency_key="cs:paid")
-    done = sim.complete_checkout(cs["id"], card="4242424242424242")
+    done = sim.complete_checkout(cs.id, card="4242424242424242")
     sub = gw.subscription_retrieve(done["subscription"]).obj
     assert sub["status"] == "active" and sub["default_payment_method"]
-    first = gw.invoice_list(customer_id=cus["id"])
+    first = stripe_calls.invoice_list(customer_id=cus["id"])
     assert [i["amount_paid"] for i in first] == [999] and first[0]["status"] == "paid"
     assert first[0]["hosted_invoice_url"] and first[0]["invoice_pdf"]
     sim.advance_clock(10 * 86400)
@@ -175,7 +176,7 @@ def test_paid_subscription_upgrade_prorates_now(stripe_settings):
                                                price_id=stripe_settings.prices["STRIPE_PRICE_MAX"],
                                                idempotency_key="up:max")
     assert pending is None  # paid at once: applied
-    invoices = gw.invoice_list(customer_id=cus["id"], subscription_id=sub["id"])
+    invoices = stripe_calls.invoice_list(customer_id=cus["id"], subscription_id=sub["id"])
     proration = invoices[0]
     assert proration["billing_reason"] == "subscription_update" and proration["status"] == "paid"
     # unused starter credited, remaining max charged: strictly between 0 and a full month of max
@@ -191,14 +192,14 @@ def test_payment_mode_checkout_and_portal(stripe_settings):
                                     price_id=stripe_settings.prices["STRIPE_PRICE_CREDITS_500"],
                                     success_url="http://a/ok", cancel_url="http://a/no",
                                     metadata={"purpose": "credit_topup", "purchase_id": "7"}, idempotency_key="cs:pay")
-    assert cs["amount_total"] == 4000
+    assert cs.obj["amount_total"] == 4000
     declined = None
     try:
-        sim.complete_checkout(cs["id"], card="4000000000009995")
+        sim.complete_checkout(cs.id, card="4000000000009995")
     except Exception as exc:  # the control endpoint answers 402 like the page
         declined = exc
-    assert declined is not None and gw.checkout_session_retrieve(cs["id"])["status"] == "open"
-    done = sim.complete_checkout(cs["id"], card="4242424242424242")
+    assert declined is not None and gw.checkout_session_retrieve(cs.id)["status"] == "open"
+    done = sim.complete_checkout(cs.id, card="4242424242424242")
     pi = gw.payment_intent_retrieve(done["payment_intent"])
     assert pi["status"] == "succeeded" and pi["amount"] == 4000 and pi["metadata"]["purchase_id"] == "7"
     portal = gw.billing_portal_session_create(customer_id=cus["id"], return_url="http://a/back",
@@ -208,9 +209,9 @@ def test_payment_mode_checkout_and_portal(stripe_settings):
 
 def test_events_retrieve_and_list(stripe_settings):
     cus = _customer()
-    events = gw.event_list(types=["customer.created"])
+    events = stripe_calls.event_list(types=["customer.created"])
     assert events and events[0]["data"]["object"]["id"] == cus["id"]
-    event = gw.event_retrieve(events[0]["id"])
+    event = stripe_calls.event_retrieve(events[0]["id"])
     assert event["api_version"] == gw.STRIPE_API_VERSION and event["type"] == "customer.created"
 
 
@@ -228,3 +229,23 @@ def test_webhook_construct_event_verifies_signature(stripe_settings, settings):
     with pytest.raises(BillingError) as exc:
         gw.webhook_construct_event(old, sign(old, settings.STRIPE_WEBHOOK_SECRET))
     assert exc.value.code == "STRIPE_API_VERSION_MISMATCH"
+
+
+def test_webhook_timestamps_outside_the_tolerance_either_side_of_now_are_stale(stripe_settings, settings):
+    """The gateway is the one place for the tolerance: measured from the caller's `now`, in the past and
+    in the future (stripe's own verifier only looks back), before the signature."""
+    import datetime as dt
+
+    payload = json.dumps({"id": "evt_1", "object": "event", "type": "invoice.paid",
+                          "api_version": gw.STRIPE_API_VERSION, "data": {"object": {}}}).encode()
+    now = dt.datetime(2026, 11, 10, 12, 0, tzinfo=dt.timezone.utc)
+    t = int(now.timestamp())
+    for signed_at in (t - gw.WEBHOOK_TOLERANCE_SECONDS - 1, t + gw.WEBHOOK_TOLERANCE_SECONDS + 1):
+        for secret in (settings.STRIPE_WEBHOOK_SECRET, "whsec_other"):
+            with pytest.raises(BillingError) as exc:
+                gw.webhook_construct_event(payload, sign(payload, secret, timestamp=signed_at), now=now)
+            assert exc.value.code == "STRIPE_SIGNATURE_INVALID"
+            assert exc.value.extra == {"stale": True, "timestamp": signed_at}
+    edge = t + gw.WEBHOOK_TOLERANCE_SECONDS
+    header = sign(payload, settings.STRIPE_WEBHOOK_SECRET, timestamp=edge)
+    assert gw.webhook_construct_event(payload, header, now=now)["id"] == "evt_1"

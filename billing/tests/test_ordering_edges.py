@@ -1,4 +1,4 @@
-"""Periods and plan state never move backwards (issue "Money edges", item 4), and a downgrade to
+"""Periods and plan state never move backwards, and a downgrade to
 Free keeps the org's monthly anchor (item 11). Signed events through the real webhook endpoint and
 fresh reads (what the gateway returns: the object and Stripe's time of the answer), MariaDB.
 
@@ -18,7 +18,7 @@ from billing.services.balance import balance_charge, balance_set_plan, free_peri
 from billing.services.subscription_sync import subscription_sync
 from billing.stripe_gateway import SubscriptionSnapshot
 
-from .webhook_support import (  # noqa: F401 - fixtures are used by name
+from .stripe_events import (  # noqa: F401 - fixtures are used by name
     DAY,
     deliver,
     hooks_stripe_settings,

@@ -6,8 +6,13 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import Subscription
 from billing.services.balance import balance_charge, balance_set_plan
+from billing.tests.factories import (
+    AutoTopupSettingsChangeFactory,
+    CreditPurchaseFactory,
+    InvoiceFactory,
+    SubscriptionFactory,
+)
 from organizations.models import PlanTier, Role, SubscriptionStatus
 from organizations.tests.factories import MembershipFactory
 
@@ -15,10 +20,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _sub(org, *, status, now, **extra):
-    return Subscription.objects.create(
+    return SubscriptionFactory(
         organization=org, stripe_subscription_id=f"sub_{status}", stripe_customer_id="cus_1", plan_tier=PlanTier.PRO,
         status=status, current_period_start=now - dt.timedelta(days=3), current_period_end=now + dt.timedelta(days=27),
-        created_at=now, updated_at=now, **extra)
+        created_at=now, **extra)
 
 
 @pytest.fixture
@@ -103,27 +108,23 @@ def test_member_page_has_no_money_forms(client):
 def test_invoices_page_lists_invoices_purchases_and_events_newest_first(client, owner):
     from decimal import Decimal
 
-    from billing.models import CreditPurchase, Invoice
-
     now = timezone.now()
     org = owner.organization
     sub = _sub(org, status="past_due", now=now - dt.timedelta(days=40), trial_end=now - dt.timedelta(days=33),
                grace_period_ends_at=now + dt.timedelta(days=5))
-    Invoice.objects.create(
-        organization=org, subscription=sub, stripe_invoice_id="in_paid", amount_due_cents=9900, amount_paid_cents=9900,
-        status="paid", hosted_invoice_url="https://sim.test/i/in_paid", invoice_pdf="https://sim.test/i/in_paid.pdf",
-        period_start=now - dt.timedelta(days=33), period_end=now - dt.timedelta(days=3),
-        paid_at=now - dt.timedelta(days=33), created_at=now - dt.timedelta(days=33), updated_at=now)
-    Invoice.objects.create(
-        organization=org, subscription=sub, stripe_invoice_id="in_open", amount_due_cents=9900, status="open",
-        hosted_invoice_url="javascript:alert(1)", created_at=now - dt.timedelta(days=2), updated_at=now)
-    CreditPurchase.objects.create(
-        organization=org, kind="manual", method="checkout", packs=2, credits=Decimal("1000.00"), amount_cents=4000,
-        status="succeeded", created_at=now - dt.timedelta(days=10), completed_at=now - dt.timedelta(days=10))
-    CreditPurchase.objects.create(
-        organization=org, kind="auto_topup", method="saved_card", packs=1, credits=Decimal("500.00"), amount_cents=2000,
-        status="failed", failure_code="CARD_DECLINED", failure_message="Your card was declined.",
-        created_at=now - dt.timedelta(days=1), completed_at=now - dt.timedelta(days=1))
+    InvoiceFactory(
+        organization=org, subscription=sub, stripe_invoice_id="in_paid", hosted_invoice_url="https://sim.test/i/in_paid",
+        invoice_pdf="https://sim.test/i/in_paid.pdf", period_start=now - dt.timedelta(days=33),
+        period_end=now - dt.timedelta(days=3), paid_at=now - dt.timedelta(days=33),
+        created_at=now - dt.timedelta(days=33), updated_at=now)
+    InvoiceFactory(organization=org, subscription=sub, stripe_invoice_id="in_open", status="open",
+                   hosted_invoice_url="javascript:alert(1)", created_at=now - dt.timedelta(days=2), updated_at=now)
+    CreditPurchaseFactory(organization=org, method="checkout", packs=2, credits=Decimal("1000.00"), amount_cents=4000,
+                          status="succeeded", created_at=now - dt.timedelta(days=10),
+                          completed_at=now - dt.timedelta(days=10))
+    CreditPurchaseFactory(organization=org, kind="auto_topup", status="failed", failure_code="CARD_DECLINED",
+                          failure_message="Your card was declined.", created_at=now - dt.timedelta(days=1),
+                          completed_at=now - dt.timedelta(days=1))
     resp = client.get("/settings/invoices")
     assert resp.status_code == 200
     html = resp.content.decode()
@@ -245,9 +246,6 @@ def test_auto_topup_threshold_input_has_the_servers_bounds(client, owner):
 def test_page_query_counts_do_not_grow_with_rows(client, owner, django_assert_max_num_queries):
     """Pinned with several rows per table (N+1 would scale with them): keys with their creators,
     invoices, purchases, subscriptions, settings changes; a user in two orgs (switcher shown)."""
-    from decimal import Decimal
-
-    from billing.models import AutoTopupSettingsChange, CreditPurchase, Invoice
     from organizations.models import ApiKey
     from organizations.tests.factories import UserFactory
 
@@ -258,13 +256,9 @@ def test_page_query_counts_do_not_grow_with_rows(client, owner, django_assert_ma
     for i in range(6):
         ApiKey.objects.create(organization=org, name=f"k{i}", prefix=f"qcount{i:02d}", secret_hash=f"{i}" * 64,
                               created_by=UserFactory(), created_at=now)
-        Invoice.objects.create(organization=org, subscription=sub, stripe_invoice_id=f"in_q{i}", amount_due_cents=9900,
-                               amount_paid_cents=9900, status="paid", paid_at=now, created_at=now, updated_at=now)
-        CreditPurchase.objects.create(organization=org, kind="manual", method="checkout", packs=1,
-                                      credits=Decimal("500.00"), amount_cents=2000, status="succeeded",
-                                      created_at=now, completed_at=now)
-        AutoTopupSettingsChange.objects.create(organization=org, enabled=True, threshold=Decimal("50.00"), packs=1,
-                                               monthly_cap_packs=10, reason="admin", created_at=now)
+        InvoiceFactory(organization=org, subscription=sub, stripe_invoice_id=f"in_q{i}", paid_at=now, created_at=now)
+        CreditPurchaseFactory(organization=org, method="checkout", status="succeeded", created_at=now, completed_at=now)
+        AutoTopupSettingsChangeFactory(organization=org, created_at=now)
     for path, most in (("/settings/billing", 8), ("/billing", 6), ("/settings/invoices", 9),
                        ("/settings/api-keys", 6)):
         with django_assert_max_num_queries(most):

@@ -1,4 +1,4 @@
-"""Money edges of plan changes at Stripe's boundary (issue "Money edges", items 2-4), against the
+"""Money edges of plan changes at Stripe's boundary, against the
 simulator over real HTTP with its own signed events posted to the real webhook endpoint.
 
 - An upgrade is only granted once Stripe has been paid for it (`payment_behavior=pending_if_incomplete`):
@@ -8,67 +8,36 @@ simulator over real HTTP with its own signed events posted to the real webhook e
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
-import urllib.parse
-import urllib.request
-
 import pytest
 from django.utils import timezone
 
 from billing import stripe_gateway as gw
 from billing.models import CreditBalance, Invoice, Subscription
 from billing.plans import PLANS, TIERS
-from organizations.models import Role
+from tests import stripe_calls
 from usage.services_reconcile import reconcile_orgs
-from organizations.tests.factories import MembershipFactory
 
-from .webhook_support import replay_sim_events
+from .paid_org import DAY, owner, post_form, post_json, replace_card, stripe_price, subscribe  # noqa: F401 - owner is a fixture
+from .stripe_events import replay_sim_events
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-DAY = 86400
 DECLINES_ON_CHARGE = "4000000000000341"   # attaches fine, every charge is declined
 NEEDS_AUTH_OFF_SESSION = "4000002760003184"  # off-session charges need 3-D Secure
 
 
 @pytest.fixture
-def owner(stripe_settings):
-    membership = MembershipFactory(role=Role.OWNER)
-    org = membership.organization
-    org.trial_ends_at = timezone.now() - dt.timedelta(days=90)  # trial used: paid from day one
-    org.save(update_fields=["trial_ends_at"])
-    return membership
-
-
-def _post(client, path, body):
-    resp = client.post(path, data=json.dumps(body), content_type="application/json")
-    return resp.status_code, resp.json()
-
-
-def _post_form(url: str, fields: dict) -> int:
-    req = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def _subscribe(client, owner, sim, seen, tier="starter"):
-    status, body = _post(client, "/api/billing/checkout", {"orgId": str(owner.organization_id), "planTier": tier})
-    assert status == 200, body
-    cs = sim.complete_checkout(body["sessionId"], card="4242424242424242")
-    replay_sim_events(client, seen)
-    return cs["subscription"]
-
-
-def _replace_card(org, card: str) -> None:
-    """The customer puts another card on file in the billing portal (default of customer and subscription)."""
-    org.refresh_from_db()
-    portal = gw.billing_portal_session_create(customer_id=org.stripe_customer_id, return_url="http://app.test/",
-                                              idempotency_key=f"t-portal-{card}")
-    assert _post_form(f"{portal['url']}/card", {"card_number": card}) == 200
+def starter_with(client, owner, stripe_settings):
+    """A logged-in owner on Starter whose card on file is then replaced by `card`; (org, sub id, seen)."""
+    def make(card: str | None = None):
+        seen: set = set()
+        client.force_login(owner.user)
+        sub_id = subscribe(client, owner, stripe_settings.sim, seen, tier="starter")
+        if card:
+            replace_card(owner.organization, card)
+            replay_sim_events(client, seen)
+        return owner.organization, sub_id, seen
+    return make
 
 
 def _included(org) -> dict[str, int]:
@@ -76,19 +45,12 @@ def _included(org) -> dict[str, int]:
     return {t: balance.included(t) for t in TIERS}
 
 
-def _stripe_price(sub_id: str) -> str:
-    return gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["price"]["id"]
 
+def test_declined_upgrade_changes_nothing_says_why_and_is_never_dunned(client, starter_with, stripe_settings):
+    sim, prices = stripe_settings.sim, stripe_settings.prices
+    org, sub_id, seen = starter_with(DECLINES_ON_CHARGE)
 
-def test_declined_upgrade_changes_nothing_says_why_and_is_never_dunned(client, owner, stripe_settings):
-    sim, prices, seen = stripe_settings.sim, stripe_settings.prices, set()
-    org = owner.organization
-    client.force_login(owner.user)
-    sub_id = _subscribe(client, owner, sim, seen)
-    _replace_card(org, DECLINES_ON_CHARGE)
-    replay_sim_events(client, seen)
-
-    status, body = _post(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
+    status, body = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
     assert status == 402, body
     assert body["error"]["code"] == "CARD_DECLINED" and "declined" in body["error"]["message"].lower()
     assert body["planTier"] == "starter" and body["hostedInvoiceUrl"]
@@ -96,7 +58,7 @@ def test_declined_upgrade_changes_nothing_says_why_and_is_never_dunned(client, o
 
     # Stripe kept the old price (pending update); so do we: plan, allowances and status unchanged.
     remote = gw.subscription_retrieve(sub_id).obj
-    assert _stripe_price(sub_id) == prices["STRIPE_PRICE_STARTER"] and remote["status"] == "active"
+    assert stripe_price(sub_id) == prices["STRIPE_PRICE_STARTER"] and remote["status"] == "active"
     assert remote["pending_update"]["subscription_items"][0]["price"]["id"] == prices["STRIPE_PRICE_MAX"]
     org.refresh_from_db()
     assert (org.subscription_tier, org.subscription_status) == ("starter", "active")
@@ -120,16 +82,13 @@ def test_declined_upgrade_changes_nothing_says_why_and_is_never_dunned(client, o
     assert 'data-banner="upgrade-pending"' not in client.get("/settings/billing").content.decode()
 
 
-def test_three_d_secure_upgrade_waits_for_payment_then_grants_prorated_allowance(client, owner, stripe_settings):
-    sim, prices, seen = stripe_settings.sim, stripe_settings.prices, set()
-    org = owner.organization
-    client.force_login(owner.user)
-    sub_id = _subscribe(client, owner, sim, seen)
-    _replace_card(org, NEEDS_AUTH_OFF_SESSION)
-    replay_sim_events(client, seen)
+def test_three_d_secure_upgrade_waits_for_payment_then_grants_prorated_allowance(client, starter_with,
+                                                                                  stripe_settings):
+    sim, prices = stripe_settings.sim, stripe_settings.prices
+    org, sub_id, seen = starter_with(NEEDS_AUTH_OFF_SESSION)
     sim.advance_clock(10 * DAY)  # a third of a 30/31-day period gone
 
-    status, body = _post(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "pro"})
+    status, body = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "pro"})
     assert status == 402 and body["error"]["code"] == "AUTHENTICATION_REQUIRED", body
     finish_url = body["hostedInvoiceUrl"]
     assert finish_url.startswith(sim.base_url + "/invoice/")
@@ -138,9 +97,9 @@ def test_three_d_secure_upgrade_waits_for_payment_then_grants_prorated_allowance
     assert org.subscription_tier == "starter" and _included(org) == PLANS["starter"].included
 
     # The holder authenticates on the hosted invoice page (on session): Stripe applies the pending update.
-    assert _post_form(finish_url + "/pay", {"card_number": NEEDS_AUTH_OFF_SESSION}) == 200
+    assert post_form(finish_url + "/pay", {"card_number": NEEDS_AUTH_OFF_SESSION}) == 200
     replay_sim_events(client, seen)
-    assert _stripe_price(sub_id) == prices["STRIPE_PRICE_PRO"]
+    assert stripe_price(sub_id) == prices["STRIPE_PRICE_PRO"]
     org.refresh_from_db()
     assert (org.subscription_tier, org.subscription_status) == ("pro", "active")
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
@@ -155,16 +114,14 @@ def test_three_d_secure_upgrade_waits_for_payment_then_grants_prorated_allowance
     assert start < end
 
 
-def test_upgrade_on_the_last_day_grants_only_the_last_day_of_added_allowance(client, owner, stripe_settings):
-    sim, seen = stripe_settings.sim, set()
-    org = owner.organization
-    client.force_login(owner.user)
-    sub_id = _subscribe(client, owner, sim, seen)
+def test_upgrade_on_the_last_day_grants_only_the_last_day_of_added_allowance(client, starter_with, stripe_settings):
+    sim = stripe_settings.sim
+    org, sub_id, seen = starter_with()
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
     period = int((sub.current_period_end - sub.current_period_start).total_seconds())
     sim.advance_clock(period - DAY)  # one day left
 
-    status, body = _post(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
+    status, body = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
     assert status == 200, body
     assert body["subscription"]["planTier"] == "max"
     replay_sim_events(client, seen)
@@ -185,34 +142,28 @@ def test_upgrade_on_the_last_day_grants_only_the_last_day_of_added_allowance(cli
     assert _included(org) == PLANS["max"].included
 
 
-def test_past_due_org_cannot_upgrade(client, owner, stripe_settings):
-    sim, seen = stripe_settings.sim, set()
-    org = owner.organization
-    client.force_login(owner.user)
-    sub_id = _subscribe(client, owner, sim, seen)
-    _replace_card(org, DECLINES_ON_CHARGE)
+def test_past_due_org_cannot_upgrade(client, starter_with, stripe_settings):
+    sim = stripe_settings.sim
+    org, sub_id, seen = starter_with(DECLINES_ON_CHARGE)
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
     sim.advance_clock(int((sub.current_period_end - sub.current_period_start).total_seconds()) + 60)  # renewal fails
     replay_sim_events(client, seen)
     org.refresh_from_db()
     assert org.subscription_status == "past_due"
-    invoices_before = len(gw.invoice_list(customer_id=org.stripe_customer_id))
+    invoices_before = len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id))
 
-    status, body = _post(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
+    status, body = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "max"})
     assert status == 409 and body["error"]["code"] == "SUBSCRIPTION_PAST_DUE", body
-    assert len(gw.invoice_list(customer_id=org.stripe_customer_id)) == invoices_before  # Stripe not called
-    assert _stripe_price(sub_id) == stripe_settings.prices["STRIPE_PRICE_STARTER"]
+    assert len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id)) == invoices_before  # Stripe not called
+    assert stripe_price(sub_id) == stripe_settings.prices["STRIPE_PRICE_STARTER"]
     org.refresh_from_db()
     assert org.subscription_tier == "starter"
 
 
-def test_dashboard_form_upgrade_needing_3ds_sends_the_holder_to_the_invoice_page(client, owner, stripe_settings):
-    sim, seen = stripe_settings.sim, set()
-    org = owner.organization
-    client.force_login(owner.user)
-    _subscribe(client, owner, sim, seen)
-    _replace_card(org, NEEDS_AUTH_OFF_SESSION)
-    replay_sim_events(client, seen)
+def test_dashboard_form_upgrade_needing_3ds_sends_the_holder_to_the_invoice_page(client, starter_with,
+                                                                                   stripe_settings):
+    sim = stripe_settings.sim
+    org, _, seen = starter_with(NEEDS_AUTH_OFF_SESSION)
     resp = client.post("/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "pro"})
     assert resp.status_code == 302 and resp["Location"].startswith(sim.base_url + "/invoice/")
     org.refresh_from_db()

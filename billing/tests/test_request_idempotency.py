@@ -1,4 +1,4 @@
-"""Idempotency of the money-moving browser endpoints (issue 12 item 7): an `Idempotency-Key` header on
+"""Idempotency of the money-moving browser endpoints: an `Idempotency-Key` header on
 the JSON endpoints, a one-time form token on the dashboard forms. A repeat returns the first result
 (same status and body, or the same redirect and message) and charges nothing; the same key with
 another request is 409 IDEMPOTENCY_KEY_REUSED. Real MariaDB, real SDK against the simulator."""
@@ -15,10 +15,11 @@ from django.test import Client
 
 from billing import stripe_gateway
 from billing.models import CreditBalance, CreditPurchase
-from billing.tests.topup_support import customer_with_card, topup_purchased
-from billing.tests.topup_support import topup_sim  # noqa: F401 - fixture
+from billing.tests.saved_cards import customer_with_card, topup_purchased
+from billing.tests.saved_cards import topup_sim  # noqa: F401 - fixture
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
+from tests import stripe_calls
 
 TOPUP = "/api/billing/credits/topup"
 
@@ -39,7 +40,7 @@ def _post(client, url, body, key=None):
 
 def _charges(org) -> list[dict]:
     """PaymentIntents the simulator created for this org's customer (what the card was charged)."""
-    events = stripe_gateway.event_list(types=["payment_intent.succeeded", "payment_intent.payment_failed"], limit=100)
+    events = stripe_calls.event_list(types=["payment_intent.succeeded", "payment_intent.payment_failed"], limit=100)
     return [e["data"]["object"] for e in events if e["data"]["object"].get("customer") == org.stripe_customer_id]
 
 
@@ -192,7 +193,7 @@ def test_subscription_upgrade_repeat_invoices_the_proration_once(owner_client, t
     again = _post(owner_client, "/api/billing/subscription/upgrade", body, key="up")
     assert first.status_code == 200, first.content
     assert (again.status_code, again.json()) == (200, first.json())
-    invoices = [i for i in stripe_gateway.invoice_list(customer_id=org.stripe_customer_id)
+    invoices = [i for i in stripe_calls.invoice_list(customer_id=org.stripe_customer_id)
                 if i["billing_reason"] == "subscription_update"]
     assert len(invoices) == 1
 

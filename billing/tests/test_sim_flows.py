@@ -13,6 +13,7 @@ import stripe
 
 from billing import stripe_gateway as gw
 from tests.helpers import wait_until
+from tests import stripe_calls
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -35,7 +36,7 @@ def _get(url: str) -> tuple[int, str, bytes]:
         return resp.status, resp.headers.get("Content-Type"), resp.read()
 
 
-def _subscription_checkout(env, *, trial: int | None, tier: str = "PRO") -> dict:
+def _subscription_checkout(env, *, trial: int | None, tier: str = "PRO") -> gw.CheckoutSession:
     cus = gw.customer_create(email="o@example.test", name="Org", metadata={"orgId": "o1"}, idempotency_key="c")
     return gw.checkout_session_create(mode="subscription", customer_id=cus["id"],
                                       price_id=env.prices[f"STRIPE_PRICE_{tier}"],
@@ -46,16 +47,16 @@ def _subscription_checkout(env, *, trial: int | None, tier: str = "PRO") -> dict
 
 def test_checkout_page_completable_by_form_post(stripe_settings):
     cs = _subscription_checkout(stripe_settings, trial=None)
-    status, ctype, body = _get(cs["url"])
+    status, ctype, body = _get(cs.url)
     page = body.decode()
     assert status == 200 and "text/html" in ctype
     assert 'name=card_number' in page and 'id=pay' in page and 'href="http://app.test/canceled"' in page
-    status, _, html = _post_form(cs["url"], {"card_number": "4000 0000 0000 0002"})
+    status, _, html = _post_form(cs.url, {"card_number": "4000 0000 0000 0002"})
     assert status == 402 and "declined" in html  # the page shows the decline; the session stays open
-    assert gw.checkout_session_retrieve(cs["id"])["status"] == "open"
-    status, headers, _ = _post_form(cs["url"], {"card_number": "4242 4242 4242 4242", "email": "o@example.test"})
-    assert status == 303 and headers["Location"] == f"http://app.test/ok?session_id={cs['id']}"
-    done = gw.checkout_session_retrieve(cs["id"], expand=["subscription"])
+    assert gw.checkout_session_retrieve(cs.id)["status"] == "open"
+    status, headers, _ = _post_form(cs.url, {"card_number": "4242 4242 4242 4242", "email": "o@example.test"})
+    assert status == 303 and headers["Location"] == f"http://app.test/ok?session_id={cs.id}"
+    done = gw.checkout_session_retrieve(cs.id, expand=["subscription"])
     assert done["status"] == "complete" and done["subscription"]["status"] == "active"
     assert done["subscription"]["items"]["data"][0]["price"]["unit_amount"] == 9900
 
@@ -63,12 +64,12 @@ def test_checkout_page_completable_by_form_post(stripe_settings):
 def test_trial_without_card_is_canceled_at_trial_end(stripe_settings):
     sim = stripe_settings.sim
     cs = _subscription_checkout(stripe_settings, trial=7)
-    status, headers, _ = _post_form(cs["url"], {"card_number": ""})
+    status, headers, _ = _post_form(cs.url, {"card_number": ""})
     assert status == 303
-    sub_id = gw.checkout_session_retrieve(cs["id"])["subscription"]
+    sub_id = gw.checkout_session_retrieve(cs.id)["subscription"]
     assert gw.subscription_retrieve(sub_id).obj["status"] == "trialing"
     result = sim.advance_clock(5 * 86400)  # crosses trial_end - 3 days
-    types = [gw.event_retrieve(e)["type"] for e in result["events"]]
+    types = [stripe_calls.event_retrieve(e)["type"] for e in result["events"]]
     assert types == ["customer.subscription.trial_will_end"]
     sim.advance_clock(2 * 86400 + 60)
     sub = gw.subscription_retrieve(sub_id).obj
@@ -78,28 +79,28 @@ def test_trial_without_card_is_canceled_at_trial_end(stripe_settings):
 def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
     sim = stripe_settings.sim
     cs = _subscription_checkout(stripe_settings, trial=7, tier="STARTER")
-    sim.complete_checkout(cs["id"], card="4242424242424242")
-    sub_id = gw.checkout_session_retrieve(cs["id"])["subscription"]
+    sim.complete_checkout(cs.id, card="4242424242424242")
+    sub_id = gw.checkout_session_retrieve(cs.id)["subscription"]
     sim.advance_clock(7 * 86400 + 1)
     sub = gw.subscription_retrieve(sub_id).obj
     assert sub["status"] == "active"
-    invoices = gw.invoice_list(customer_id=sub["customer"])
+    invoices = stripe_calls.invoice_list(customer_id=sub["customer"])
     assert [(i["amount_due"], i["status"]) for i in invoices] == [(999, "paid"), (0, "paid")]
     period_end = sub["items"]["data"][0]["current_period_end"]
     sim.advance_clock(period_end - sim.now() + 1)  # renewal paid with the saved card
     renewed = gw.subscription_retrieve(sub_id).obj
     assert renewed["items"]["data"][0]["current_period_start"] == period_end and renewed["status"] == "active"
     # swap in a card that attaches but cannot be charged: the next renewal fails -> past_due
-    bad = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub["customer"],
+    bad = stripe_calls.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub["customer"],
                                    idempotency_key="bad")
-    gw.customer_set_default_payment_method(customer_id=sub["customer"], payment_method_id=bad["id"],
+    stripe_calls.customer_set_default_payment_method(customer_id=sub["customer"], payment_method_id=bad["id"],
                                            idempotency_key="bad-default")
     stripe_client = gw.get_client()
     stripe_client.v1.subscriptions.update(sub_id, params={"default_payment_method": bad["id"]})
     sim.advance_clock(renewed["items"]["data"][0]["current_period_end"] - sim.now() + 1)
     failed = gw.subscription_retrieve(sub_id).obj
     assert failed["status"] == "past_due"
-    open_invoice = gw.invoice_list(customer_id=sub["customer"])[0]
+    open_invoice = stripe_calls.invoice_list(customer_id=sub["customer"])[0]
     assert open_invoice["status"] == "open" and open_invoice["attempt_count"] == 1
     # the hosted invoice page pays it with a good card -> paid, subscription active again
     status, _, html = _post_form(f"{open_invoice['hosted_invoice_url']}/pay", {"card_number": "4242424242424242"})
@@ -113,8 +114,8 @@ def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
 def test_portal_page_updates_card_and_cancels(stripe_settings):
     sim = stripe_settings.sim
     cs = _subscription_checkout(stripe_settings, trial=None)
-    sim.complete_checkout(cs["id"], card="4242424242424242")
-    sub_id = gw.checkout_session_retrieve(cs["id"])["subscription"]
+    sim.complete_checkout(cs.id, card="4242424242424242")
+    sub_id = gw.checkout_session_retrieve(cs.id)["subscription"]
     cus_id = gw.subscription_retrieve(sub_id).obj["customer"]
     portal = gw.billing_portal_session_create(customer_id=cus_id, return_url="http://app.test/back",
                                               idempotency_key="p")
@@ -167,7 +168,7 @@ def test_webhooks_signed_and_verified_by_stripe(stripe_settings, receiver, setti
     sim.configure_webhooks(receiver.url, settings.STRIPE_WEBHOOK_SECRET, backoff_seconds=0.05)
     receiver.fail_first = 2  # the first two deliveries get a 500: retried with backoff
     cs = _subscription_checkout(stripe_settings, trial=7)
-    sim.complete_checkout(cs["id"], card="")
+    sim.complete_checkout(cs.id, card="")
     sim.wait_webhooks_idle()
     events = []
     for body, header in receiver.received:

@@ -14,7 +14,7 @@ from billing.services.balance import balance_add_topup_credits, balance_charge
 from billing.services.subscription_sync import plan_tier_for_price, subscription_sync
 from organizations.models import Organization
 
-from .webhook_support import DAY, PRICES, hooks_stripe_settings, org, subscription_obj, ts, uid  # noqa: F401 - fixtures are used by name
+from .stripe_events import DAY, PRICES, hooks_stripe_settings, org, subscription_obj, ts, uid  # noqa: F401 - fixtures are used by name
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hooks_stripe_settings")]
 

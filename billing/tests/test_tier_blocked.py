@@ -1,7 +1,7 @@
 """A tier whose plan allowance, credits and buffer are used up is *blocked*: the dashboard says so
 per tier (what happens to the next action), its headline counts only spendable credits, and the
 first refusal of the period is recorded (blocked_<tier>_at) and emailed to the admins once per
-cooldown (issue 12 item 10)."""
+cooldown."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +14,8 @@ from django.db.models import F
 
 from billing.errors import BillingError
 from billing.models import CreditBalance
-from billing.page_context import dashboard_context
+from billing.api_shapes import balance_summary_json
+from billing.pages.dashboard import dashboard_context
 from billing.selectors import balance_status, balance_summary
 from billing.services.balance import (
     balance_add_topup_credits,
@@ -58,13 +59,13 @@ def bal(org) -> CreditBalance:
     return CreditBalance.objects.get(organization=org)
 
 
-# The issue's org: XL allowance (160) and buffer (16) used, 8.50 top-up credits left, 200 medium used.
-ISSUE = {"used_xl": 160, "overage_xl": 16, "overage_credits_owed": Decimal("240.00"), "used_medium": 200,
+# An org whose XL tier is blocked: XL allowance (160) and buffer (16) used, 8.50 top-up credits left, 200 medium used.
+XL_BLOCKED = {"used_xl": 160, "overage_xl": 16, "overage_credits_owed": Decimal("240.00"), "used_medium": 200,
          "topup_purchased": Decimal("508.50"), "topup_used": Decimal("500.00")}
 
 
 def test_per_tier_next_action_and_the_headline_counts_only_spendable_credits(now):
-    org = pro_org(now, **ISSUE).organization
+    org = pro_org(now, **XL_BLOCKED).organization
     status = balance_status(organization_id=org.pk, now=now)
     by_tier = {s.tier: s for s in status.tiers}
     assert by_tier["small"].next_paid_from == "plan" and by_tier["small"].plan_left == 2500
@@ -83,7 +84,10 @@ def test_per_tier_next_action_and_the_headline_counts_only_spendable_credits(now
     assert not any("overage" in w for w in ctx["usage_warnings"] if w.startswith("XL"))  # it is not running
     assert [b.kind for b in ctx["banners"]] == ["tier-blocked"]
     assert "XL" in ctx["banners"][0].text
-    summary = balance_summary(organization=org, now=now)
+    typed = balance_summary(organization=org, now=now)  # typed inside: Decimal / int / datetime, no strings
+    assert typed.spendable_credits == Decimal("8.50") and typed.total_remaining == Decimal("7008.50")
+    assert isinstance(typed.period_start, dt.datetime) and typed.next[-1].blocked
+    summary = balance_summary_json(typed)
     assert summary["spendableCredits"] == "8.50"
     assert summary["next"]["xl"] == {"paidFrom": None, "blocked": True, "blockedSince": None, "bufferLeft": 0}
     assert summary["totalRemaining"] == "7008.50"  # the API's auto top-up figure (DESIGN) is unchanged
@@ -103,7 +107,7 @@ def test_credits_and_buffer_states(now):
 
 def test_first_refusal_records_blocked_at_and_emails_once_later_refusals_write_nothing(
         now, django_capture_on_commit_callbacks):
-    org = pro_org(now, **ISSUE).organization
+    org = pro_org(now, **XL_BLOCKED).organization
     with django_capture_on_commit_callbacks(execute=True):
         refuse(org, "xl", now)
     b = bal(org)
@@ -126,7 +130,7 @@ def test_first_refusal_records_blocked_at_and_emails_once_later_refusals_write_n
 
 def test_the_next_allowed_action_clears_the_block_and_a_new_block_respects_the_cooldown(
         now, django_capture_on_commit_callbacks):
-    org = pro_org(now, **ISSUE).organization
+    org = pro_org(now, **XL_BLOCKED).organization
     with django_capture_on_commit_callbacks(execute=True):
         refuse(org, "xl", now)
     later = now + dt.timedelta(hours=2)
@@ -148,7 +152,7 @@ def test_the_next_allowed_action_clears_the_block_and_a_new_block_respects_the_c
 
 
 def test_a_period_reset_clears_the_block(now):
-    org = pro_org(now, **ISSUE).organization
+    org = pro_org(now, **XL_BLOCKED).organization
     refuse(org, "xl", now)
     balance_set_plan(organization_id=org.pk, plan_tier="pro", period_start=PERIOD[1],
                      period_end=PERIOD[1] + dt.timedelta(days=30), reset_usage=True, now=PERIOD[1])
@@ -156,7 +160,7 @@ def test_a_period_reset_clears_the_block(now):
 
 
 def test_a_refusal_seen_after_a_purchase_landed_records_nothing(now):
-    org = pro_org(now, **ISSUE).organization
+    org = pro_org(now, **XL_BLOCKED).organization
     with pytest.raises(BillingError) as exc:
         with transaction.atomic():
             balance_charge(organization_id=org.pk, tier="xl", now=now)
@@ -166,7 +170,7 @@ def test_a_refusal_seen_after_a_purchase_landed_records_nothing(now):
 
 
 def test_a_batch_refusal_records_the_block_in_its_own_update(now, django_capture_on_commit_callbacks):
-    org = pro_org(now, **ISSUE).organization
+    org = pro_org(now, **XL_BLOCKED).organization
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
         balance = balance_for_update(organization_id=org.pk, now=now)
         results = balance_charge_many(balance=balance, tiers=["small", "xl", "xl"], now=now)

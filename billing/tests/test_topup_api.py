@@ -11,13 +11,14 @@ from django.utils import timezone
 
 from billing import stripe_gateway
 from billing.models import AutoTopupSettingsChange, CreditBalance, CreditPurchase, PurchaseStatus
-from billing.services import topups
+from billing.services import topup_purchases
 from billing.services.balance import balance_for_update
-from billing.tests.topup_support import SIM_WEBHOOK_SECRET, customer_with_card, topup_purchased
-from billing.tests.topup_support import topup_sim  # noqa: F401 - fixture
-from billing.tests.webhook_support import post_event, sign  # noqa: F401
+from billing.tests.saved_cards import SIM_WEBHOOK_SECRET, customer_with_card, topup_purchased
+from billing.tests.saved_cards import topup_sim  # noqa: F401 - fixture
+from billing.tests.stripe_events import post_event, sign  # noqa: F401
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
+from tests import stripe_calls
 
 pytestmark = pytest.mark.django_db
 
@@ -62,6 +63,53 @@ def test_auto_topup_settings_validation(owner_client, override, code):
     assert not AutoTopupSettingsChange.objects.filter(organization=org).exists()
 
 
+@pytest.mark.parametrize("data,json_body,code,message", [
+    # the first bad field, in the form's order, is the one reported (bounds included)
+    ({"enabled": True, "threshold": 9, "packs": "abc", "monthlyCapPacks": 1}, True,
+     "INVALID_AUTO_TOPUP_THRESHOLD", "threshold must be between 10 and 500 credits"),
+    ({"enabled": "yes", "threshold": 50, "packs": 1, "monthlyCapPacks": 1}, True,
+     "INVALID_REQUEST", "enabled must be true or false"),
+    ({"enabled": "on", "threshold": "12.345", "packs": "1", "monthly_cap_packs": "1"}, False,
+     "INVALID_AUTO_TOPUP_THRESHOLD", "threshold must have at most two decimal places"),
+    ({"threshold": "50", "packs": "2.0", "monthly_cap_packs": "1"}, False,
+     "INVALID_AUTO_TOPUP_CAP", "the monthly cap must be at least the packs per top-up"),
+    ({"threshold": "50", "packs": True, "monthly_cap_packs": "1"}, False,
+     "INVALID_AUTO_TOPUP_PACKS", "packs must be a whole number"),
+])
+def test_auto_topup_form_refusals_have_stable_codes(data, json_body, code, message):
+    from billing.forms import AutoTopupSettingsForm
+    from billing_project.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as err:
+        AutoTopupSettingsForm(data, json_body=json_body).parse()
+    assert (err.value.code, err.value.message) == (code, message)
+
+
+def test_auto_topup_form_parses_typed_values():
+    from billing.forms import AutoTopupSettingsForm
+
+    parsed = AutoTopupSettingsForm({"enabled": "on", "threshold": "12.50", "packs": "2.00", "monthly_cap_packs": "4"},
+                                   json_body=False).parse()
+    assert parsed == {"enabled": True, "threshold": Decimal("12.50"), "packs": 2, "monthlyCapPacks": 4}
+    assert AutoTopupSettingsForm({"threshold": 50, "packs": 1, "monthlyCapPacks": 1},
+                                 json_body=False).parse()["enabled"] is False  # an unchecked checkbox is absent
+
+
+def test_auto_topup_threshold_is_read_exactly_from_json(owner_client):
+    """JSON numbers are parsed as decimals: 10.000000000000000001 is not the float 10.0 (accepted as 10.00)."""
+    org = owner_client.org
+    org.stripe_customer_id = "cus_not_called"
+    org.save()
+    raw = json.dumps(_settings_body(org)).replace('"threshold": 50', '"threshold": 10.000000000000000001')
+    resp = owner_client.post("/api/billing/credits/auto-topup", data=raw, content_type="application/json")
+    assert resp.status_code == 400, resp.content
+    assert resp.json()["error"] == {"code": "INVALID_AUTO_TOPUP_THRESHOLD",
+                                    "message": "threshold must have at most two decimal places"}
+    raw = json.dumps(_settings_body(org)).replace('"threshold": 50', '"threshold": 12.50')
+    resp = owner_client.post("/api/billing/credits/auto-topup", data=raw, content_type="application/json")
+    assert resp.status_code == 200 and resp.json()["autoTopup"]["threshold"] == "12.50"
+
+
 def test_auto_topup_settings_saved_and_audited(owner_client):
     org = owner_client.org
     org.stripe_customer_id = "cus_not_called"
@@ -104,7 +152,7 @@ def test_auto_topup_form_post_redirects_back(owner_client):
 # --- manual top-up: Checkout, webhook twice --------------------------------------------------------
 
 def _sim_events(types):
-    return stripe_gateway.event_list(types=types, limit=100)
+    return stripe_calls.event_list(types=types, limit=100)
 
 
 def test_checkout_topup_credits_once_on_double_webhook(owner_client, topup_sim, django_capture_on_commit_callbacks):
@@ -134,8 +182,8 @@ def test_checkout_topup_credits_once_on_double_webhook(owner_client, topup_sim, 
         assert post_event(owner_client, pi_events[0], secret=SIM_WEBHOOK_SECRET).status_code == 200
     # and the service entry points called again directly
     now = timezone.now()
-    topups.topup_checkout_completed(stripe_session=event["data"]["object"], now=now)
-    topups.topup_payment_succeeded(stripe_payment_intent=pi_events[0]["data"]["object"], now=now)
+    topup_purchases.topup_checkout_completed(stripe_session=event["data"]["object"], now=now)
+    topup_purchases.topup_payment_succeeded(stripe_payment_intent=pi_events[0]["data"]["object"], now=now)
 
     purchase.refresh_from_db()
     assert purchase.status == PurchaseStatus.SUCCEEDED and purchase.credits_applied_at is not None
@@ -177,7 +225,7 @@ def test_saved_card_topup_outcomes(owner_client, topup_sim, card, status, code, 
                           {"card": "4242424242424242"})
         ev = [e for e in _sim_events(["checkout.session.completed"])
               if e["data"]["object"]["id"] == purchase.stripe_checkout_session_id][0]
-        topups.topup_checkout_completed(stripe_session=ev["data"]["object"], now=timezone.now())
+        topup_purchases.topup_checkout_completed(stripe_session=ev["data"]["object"], now=timezone.now())
         purchase.refresh_from_db()
         assert purchase.status == "succeeded" and topup_purchased(org) == Decimal("500.00")
 
@@ -188,10 +236,10 @@ def test_success_after_api_response_is_a_no_op_and_overage_is_settled_first(owne
     with __import__("django.db").db.transaction.atomic():
         b = balance_for_update(organization_id=org.pk, now=now)
         CreditBalance.objects.filter(pk=b.pk).update(overage_credits_owed=Decimal("12.50"))
-    purchase = topups.topup_saved_card_purchase(organization_id=org.pk, packs=1, now=now)
+    purchase = topup_purchases.topup_saved_card_purchase(organization_id=org.pk, packs=1, now=now)
     assert purchase.status == "succeeded"
     pi = stripe_gateway.payment_intent_retrieve(purchase.stripe_payment_intent_id)
-    assert topups.topup_payment_succeeded(stripe_payment_intent=pi, now=now).status == "succeeded"
+    assert topup_purchases.topup_payment_succeeded(stripe_payment_intent=pi, now=now).status == "succeeded"
     b = CreditBalance.objects.get(organization=org)
     assert (b.topup_purchased, b.topup_used, b.overage_credits_owed) == (
         Decimal("500.00"), Decimal("12.50"), Decimal("0.00"))
@@ -204,15 +252,15 @@ def test_insufficient_funds_maps_to_failed(owner_client, topup_sim, now):
     org = owner_client.org
     customer_with_card(org, "4242424242424242")
     with __import__("django.db").db.transaction.atomic():
-        purchase = topups._new_manual(organization_id=org.pk, packs=1, method="saved_card", user=None, now=now)
+        purchase = topup_purchases._new_manual(organization_id=org.pk, packs=1, method="saved_card", user=None, now=now)
     CreditPurchase.objects.filter(pk=purchase.pk).update(status="started", started_at=now)
     with pytest.raises(stripe_gateway.StripeCardError) as info:
         stripe_gateway.payment_intent_create_off_session(
-            customer_id=org.stripe_customer_id, amount_cents=2000, metadata=topups._stripe_metadata(purchase),
+            customer_id=org.stripe_customer_id, amount_cents=2000, metadata=topup_purchases._stripe_metadata(purchase),
             idempotency_key=f"topup:{purchase.pk}", payment_method_id="pm_card_chargeDeclinedInsufficientFunds")
     assert info.value.code == "INSUFFICIENT_FUNDS"
     pi = stripe_gateway.payment_intent_retrieve(info.value.payment_intent_id)
-    topups.topup_payment_failed(stripe_payment_intent=pi, now=now)
+    topup_purchases.topup_payment_failed(stripe_payment_intent=pi, now=now)
     purchase.refresh_from_db()
     assert (purchase.status, purchase.failure_code) == ("failed", "INSUFFICIENT_FUNDS")
     # a late success for the same row would still win (money taken = credits given), exactly once

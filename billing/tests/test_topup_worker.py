@@ -11,10 +11,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.models import AutoTopupSettingsChange, CreditBalance, CreditPurchase, PurchaseKind, PurchaseStatus
-from billing.services import topups
+from billing.services import auto_topup, topup_purchases
 from billing.services.balance import balance_for_update
 from billing.services.grants import credit_grant_create
-from billing.tests.topup_support import customer_with_card, topup_sim  # noqa: F401
+from billing.tests.saved_cards import customer_with_card, topup_sim  # noqa: F401
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory, UserFactory
 from tests.helpers import free_port, wait_until
@@ -35,7 +35,7 @@ def _org_with_auto_topup(card: str | None, *, grant: str = "0", threshold: int =
     if Decimal(grant) > 0:
         credit_grant_create(organization_id=org.pk, credits=Decimal(grant), reason="test setup",
                             granted_by=UserFactory(is_staff=True), now=now)
-    topups.auto_topup_settings_update(organization_id=org.pk, enabled=False, threshold=threshold, packs=packs,
+    auto_topup.auto_topup_settings_update(organization_id=org.pk, enabled=False, threshold=threshold, packs=packs,
                                       monthly_cap_packs=cap, now=now)
     with transaction.atomic():
         b = balance_for_update(organization_id=org.pk, now=now)
@@ -94,8 +94,8 @@ def test_broker_down_then_up_sweeper_does_the_topup(topup_sim, celery_worker, se
     purchase = CreditPurchase.objects.get(organization=org, kind=PurchaseKind.AUTO_TOPUP)
     assert purchase.status == PurchaseStatus.PENDING and purchase.queued_at is None
     # Too early for the sweeper: nothing re-queued.
-    assert topups.topup_sweep(now=timezone.now())["requeued"] == 0
-    counts = topups.topup_sweep(now=timezone.now() + dt.timedelta(minutes=3))
+    assert topup_purchases.topup_sweep(now=timezone.now())["requeued"] == 0
+    counts = topup_purchases.topup_sweep(now=timezone.now() + dt.timedelta(minutes=3))
     assert counts["requeued"] == 1
     wait_until(lambda: CreditPurchase.objects.filter(pk=purchase.pk, status="succeeded").exists(), timeout=60,
                message="the re-queued top-up to succeed")
@@ -139,7 +139,7 @@ def test_three_failures_in_a_row_switch_auto_topup_off(topup_sim):
     from django.db.models import F
 
     owner, org = _org_with_auto_topup("4000000000000341")
-    pause = topups.AUTO_TOPUP_RETRY_AFTER + dt.timedelta(minutes=1)
+    pause = auto_topup.AUTO_TOPUP_RETRY_AFTER + dt.timedelta(minutes=1)
     for i in range(3):
         action_record(organization_id=org.pk, user_id="u", tier="small", now=timezone.now())  # eager charge: declined
         assert CreditPurchase.objects.filter(organization=org, status="failed").count() == i + 1
@@ -157,7 +157,7 @@ def test_three_failures_in_a_row_switch_auto_topup_off(topup_sim):
     assert CreditPurchase.objects.filter(organization=org).count() == 3
     # re-enabling starts a new count: enabling below the threshold triggers at once, and that one
     # more failure does not switch it off again
-    topups.auto_topup_settings_update(organization_id=org.pk, enabled=True, threshold=50, packs=1,
+    auto_topup.auto_topup_settings_update(organization_id=org.pk, enabled=True, threshold=50, packs=1,
                                       monthly_cap_packs=10, now=later + dt.timedelta(minutes=1))
     assert CreditPurchase.objects.filter(organization=org).count() == 4
     assert CreditBalance.objects.get(organization=org).auto_topup_enabled
@@ -179,11 +179,11 @@ def test_monthly_cap_counts_this_calendar_months_auto_packs(topup_sim):
     auto(now - dt.timedelta(days=1), "succeeded")  # 2 of 3 packs used
     with transaction.atomic():
         b = balance_for_update(organization_id=org.pk, now=now)
-        p = topups.topup_maybe_trigger(balance=b, now=now)
+        p = auto_topup.topup_maybe_trigger(balance=b, now=now)
         assert p is not None and p.packs == 1  # only what fits under the cap
         transaction.set_rollback(True)
     auto(now - dt.timedelta(hours=1), "succeeded", packs=1)  # cap reached
     with transaction.atomic():
         b = balance_for_update(organization_id=org.pk, now=now)
-        assert topups.topup_maybe_trigger(balance=b, now=now) is None
+        assert auto_topup.topup_maybe_trigger(balance=b, now=now) is None
         transaction.set_rollback(True)

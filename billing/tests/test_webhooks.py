@@ -16,7 +16,7 @@ from billing.models import Invoice, Subscription, WebhookEvent
 from billing.services.webhooks import WEBHOOK_MAX_RETRIES, webhook_event_reprocess
 from organizations.tests.factories import OrganizationFactory
 
-from .webhook_support import (  # noqa: F401 - fixtures are used by name
+from .stripe_events import (  # noqa: F401 - fixtures are used by name
     DAY,
     deliver,
     hooks_stripe_settings,

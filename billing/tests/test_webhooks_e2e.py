@@ -23,6 +23,7 @@ from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 from tests.helpers import wait_until
+from tests import stripe_calls
 from tests.stripe_fixtures import StripeSim
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
@@ -77,7 +78,7 @@ def _period_end(sub_id: str) -> int:
 
 
 def _fail_next_renewal(sim, sub: Subscription) -> None:
-    bad = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
+    bad = stripe_calls.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
                                    idempotency_key=f"e2e-bad:{sub.pk}")
     gw.get_client().v1.subscriptions.update(sub.stripe_subscription_id, params={"default_payment_method": bad["id"]})
     sim.advance_clock(_period_end(sub.stripe_subscription_id) - sim.now() + 1)
@@ -138,7 +139,7 @@ def test_failed_renewal_paid_within_grace(env):
     sub = _subscribe(org, sim)
     _fail_next_renewal(sim, sub)
     sub.refresh_from_db()
-    open_invoice = gw.invoice_list(customer_id=sub.stripe_customer_id)[0]
+    open_invoice = stripe_calls.invoice_list(customer_id=sub.stripe_customer_id)[0]
     assert open_invoice["status"] == "open"
     request = urllib.request.Request(f"{open_invoice['hosted_invoice_url']}/pay", method="POST",
                                      data=urllib.parse.urlencode({"card_number": "4242424242424242"}).encode())

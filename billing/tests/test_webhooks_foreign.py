@@ -16,7 +16,7 @@ from billing.models import CheckoutIntent, Subscription, WebhookEvent
 from billing.services.webhooks import WEBHOOK_MAX_RETRIES, webhook_event_reprocess
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import (  # noqa: F401 - fixtures are used by name
+from .stripe_events import (  # noqa: F401 - fixtures are used by name
     DAY,
     PRICES,
     TEST_WEBHOOK_SECRET,
@@ -108,7 +108,7 @@ def test_customer_of_a_pending_checkout_of_ours_stays_retryable_then_processes(h
         success_url="http://testserver/ok", cancel_url="http://testserver/no",
         metadata={"orgId": str(org.pk), "planTier": "pro", "checkoutIntentId": str(intent.pk)},
         idempotency_key=f"checkout:{intent.pk}")
-    CheckoutIntent.objects.filter(pk=intent.pk).update(stripe_checkout_session_id=session["id"])
+    CheckoutIntent.objects.filter(pk=intent.pk).update(stripe_checkout_session_id=session.id)
     t = int(time.time())
     obj = subscription_obj(sub_id=uid("sub"), customer=customer, tier="pro", period_start=t, period_end=t + 30 * DAY)
     event = make_event("customer.subscription.created", obj, created=t)
@@ -116,7 +116,7 @@ def test_customer_of_a_pending_checkout_of_ours_stays_retryable_then_processes(h
     r = row(event)
     assert r.status != "ignored"
     assert r.retry_count == WEBHOOK_MAX_RETRIES + 1  # retried (eager: all attempts inline)
-    assert "no organization" in r.error and session["id"] in r.error
+    assert "no organization" in r.error and session.id in r.error
     # checkout.session.completed links the customer to the org; the event is ours now.
     org.stripe_customer_id = customer
     org.save(update_fields=["stripe_customer_id"])

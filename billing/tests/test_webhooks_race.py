@@ -15,7 +15,7 @@ from django.test import Client
 from billing.models import WebhookEvent
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import DAY, make_event, sign, hooks_stripe_settings, subscription_obj, uid  # noqa: F401
+from .stripe_events import DAY, make_event, sign, hooks_stripe_settings, subscription_obj, uid  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("hooks_stripe_settings")]
 

@@ -16,7 +16,7 @@ from billing.services.balance import balance_charge
 from billing.services.plan_changes import checkout_start
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
 
-from .webhook_support import replay_sim_events
+from .stripe_events import replay_sim_events
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

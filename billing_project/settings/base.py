@@ -98,7 +98,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Task modules outside the apps' tasks.py (autodiscovery only finds <app>.tasks).
 CELERY_IMPORTS = ("usage.tasks_health",)
-# One visible schedule for every periodic task (filled in by the apps' issues).
+# One visible schedule for every periodic task.
 CELERY_BEAT_SCHEDULE: dict = {
     # Dunning: grace reminders, cancel + downgrade after the grace period, stuck trials (billing.services.dunning).
     "billing-dunning-enforce": {"task": "billing.tasks_webhooks.dunning_enforce_task", "schedule": 3600.0},

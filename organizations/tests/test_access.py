@@ -2,6 +2,7 @@ import pytest
 from django.test import Client
 from django.urls import path
 
+from billing_project.urls import urlpatterns as project_urlpatterns
 from organizations.access import org_view
 from organizations.models import Role
 
@@ -49,7 +50,8 @@ def _money_view(request, membership):
     return JsonResponse({"org": membership.organization.slug})
 
 
-urlpatterns = [path("api/billing/test-money", _money_view), path("test-money", _money_view)]
+#: The two test views plus the project's own URLs (error pages render the main navigation).
+urlpatterns = [path("api/billing/test-money", _money_view), path("test-money", _money_view), *project_urlpatterns]
 
 
 @pytest.mark.urls(__name__)

@@ -19,6 +19,7 @@ from billing.models import CreditPurchase, Subscription
 from billing.services.plan_changes import checkout_start
 from organizations.models import Organization
 from tests.helpers import wait_until
+from tests import stripe_calls
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -118,7 +119,7 @@ def test_failed_renewal_shows_past_due_banner(page, login, live_server, owner_me
 
     # The renewal is charged to a card that attaches but declines every charge.
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
-    bad = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
+    bad = stripe_calls.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
                                    idempotency_key=f"browser-bad:{sub.pk}")
     gw.get_client().v1.subscriptions.update(sub_id, params={"default_payment_method": bad["id"]})
     period_end = gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["current_period_end"]

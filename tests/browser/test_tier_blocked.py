@@ -24,7 +24,7 @@ def test_dashboard_shows_blocked_since_and_the_banner(page, login, live_server, 
     org.save(update_fields=["subscription_tier"])
     balance_set_plan(organization_id=org.pk, plan_tier="pro", period_start=dt.datetime(2026, 11, 3, tzinfo=UTC),
                      period_end=dt.datetime(2026, 12, 3, tzinfo=UTC), reset_usage=True, now=now)
-    # The org: XL allowance and buffer used, 8.50 credits left, 200 medium actions used.
+    # An org whose XL tier is blocked: XL allowance and buffer used, 8.50 credits left, 200 medium actions used.
     CreditBalance.objects.filter(organization=org).update(
         used_xl=160, overage_xl=16, overage_credits_owed=Decimal("240.00"), used_medium=200,
         topup_purchased=Decimal("508.50"), topup_used=Decimal("500.00"))

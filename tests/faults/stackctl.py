@@ -2,7 +2,7 @@
 steps a fault test needs, through the real services. Prints one JSON document.
 
     stackctl.py org SLUG [--plan pro] [--grant 100] [--card 4242424242424242] [--auto-topup 50]
-    stackctl.py sweep [--ahead SECONDS]          # billing.services.topups.topup_sweep(now=now+ahead)
+    stackctl.py sweep [--ahead SECONDS]          # billing.services.topup_purchases.topup_sweep(now=now+ahead)
     stackctl.py charge PURCHASE_ID               # ops re-drive of a STARTED saved-card row (same key)
     stackctl.py requeue-webhooks [--ahead SECONDS]
 """
@@ -27,12 +27,13 @@ from django.utils import timezone  # noqa: E402
 
 from billing import stripe_gateway  # noqa: E402
 from billing.models import CreditBalance  # noqa: E402
-from billing.services import topups  # noqa: E402
+from billing.services import auto_topup, topup_purchases  # noqa: E402
 from billing.services.balance import balance_for_update, balance_set_plan  # noqa: E402
 from billing.services.grants import credit_grant_create  # noqa: E402
 from billing.services.webhooks import webhook_events_requeue_stale  # noqa: E402
 from organizations.models import Organization, PlanTier, Role  # noqa: E402
 from organizations.services import membership_add, organization_create, user_create  # noqa: E402
+from tests import stripe_calls  # noqa: E402
 
 CARDS = {"4242424242424242": "pm_card_visa", "4000000000000341": "pm_card_chargeCustomerFail"}
 PASSWORD = "faults-pw-123456"
@@ -56,14 +57,14 @@ def cmd_org(a: argparse.Namespace) -> dict:
     if a.card:
         cus = stripe_gateway.customer_create(email=user.email, name=org.name, metadata={"orgId": str(org.pk)},
                                              idempotency_key=f"faults-cus:{org.pk}")
-        pm = stripe_gateway.payment_method_attach(payment_method_id=CARDS[a.card], customer_id=cus["id"],
+        pm = stripe_calls.payment_method_attach(payment_method_id=CARDS[a.card], customer_id=cus["id"],
                                                   idempotency_key=f"faults-pm:{org.pk}")
-        stripe_gateway.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=pm["id"],
+        stripe_calls.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=pm["id"],
                                                            idempotency_key=f"faults-default:{org.pk}")
         Organization.objects.filter(pk=org.pk).update(stripe_customer_id=cus["id"])
         customer_id = cus["id"]
     if a.auto_topup is not None:
-        topups.auto_topup_settings_update(organization_id=org.pk, enabled=False, threshold=a.auto_topup, packs=1,
+        auto_topup.auto_topup_settings_update(organization_id=org.pk, enabled=False, threshold=a.auto_topup, packs=1,
                                           monthly_cap_packs=10, now=now)
         with transaction.atomic():  # enabled without triggering now: the next action below it does
             b = balance_for_update(organization_id=org.pk, now=now)
@@ -73,11 +74,11 @@ def cmd_org(a: argparse.Namespace) -> dict:
 
 
 def cmd_sweep(a: argparse.Namespace) -> dict:
-    return topups.topup_sweep(now=timezone.now() + dt.timedelta(seconds=a.ahead))
+    return topup_purchases.topup_sweep(now=timezone.now() + dt.timedelta(seconds=a.ahead))
 
 
 def cmd_charge(a: argparse.Namespace) -> dict:
-    p = topups.topup_purchase_charge(purchase_id=a.purchase_id, now=timezone.now(), allow_started=True)
+    p = topup_purchases.topup_purchase_charge(purchase_id=a.purchase_id, now=timezone.now(), allow_started=True)
     return {"id": p.pk, "status": p.status, "payment_intent": p.stripe_payment_intent_id}
 
 

@@ -222,3 +222,18 @@ def test_body_without_content_length_past_djangos_cap_is_413_not_a_bare_400():
     with pytest.raises(InvalidRequest) as err:
         parse_json_body(request)
     assert (err.value.code, err.value.http_status) == ("PAYLOAD_TOO_LARGE", 413)
+
+
+def test_request_json_numbers_are_exact_decimals():
+    """Fractions are read as written (never through a float); a number no double can hold is refused."""
+    from decimal import Decimal
+
+    from billing_project.api import json_loads_strict
+
+    data = json_loads_strict(b'{"threshold": 10.000000000000000001, "price": 12.10, "n": 3, "e": 1E+2}')
+    assert data == {"threshold": Decimal("10.000000000000000001"), "price": Decimal("12.10"), "n": 3,
+                    "e": Decimal("1E+2")}
+    assert str(data["price"]) == "12.10" and type(data["n"]) is int
+    with pytest.raises(ValueError, match="out of range"):
+        json_loads_strict(b'{"x": 1e400}')
+    assert json_loads_strict(b'{"x": 1.5}', exact_numbers=False) == {"x": 1.5}  # stored verbatim (Stripe events)

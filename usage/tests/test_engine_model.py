@@ -171,8 +171,8 @@ class HardLimitMachine(EngineMachine):
     buffer_percent = 0
 
 
-# Transactional: action_record then takes its two-round-trip fast path (outside any atomic block)
-# whenever it can, and the atomic path for creation, period rolls and warning emails.
+# Transactional: action_record's charge session then frames its own transaction (two round trips,
+# outside any atomic block), period rolls and warning emails included; creation goes atomic.
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("machine", [EngineMachine, HardLimitMachine])
 def test_engine_matches_the_reference_model(machine, settings):

@@ -4,14 +4,14 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from decimal import Decimal
 
 import pytest
 from django.conf import settings
 from django.core import mail
 from django.core.management import call_command
 
-from billing.models import CreditBalance, CreditPurchase, WebhookEvent
+from billing.models import CreditBalance
+from billing.tests.factories import CreditPurchaseFactory, WebhookEventFactory
 from organizations.tests.factories import OrganizationFactory
 from usage.services import action_record
 from usage.services_reconcile import health_summary_daily_send
@@ -24,18 +24,15 @@ def make_troubled(now):
     org = OrganizationFactory(slug="troubled")
     action_record(organization_id=org.pk, user_id="u", tier="small", now=now)
     CreditBalance.objects.filter(organization=org).update(used_small=5)          # drift
-    WebhookEvent.objects.create(stripe_event_id="evt_failed_recent", type="invoice.paid", payload={},
-                                status="failed", error="KeyError: x", received_at=now - dt.timedelta(days=2))
-    WebhookEvent.objects.create(stripe_event_id="evt_failed_old", type="invoice.paid", payload={},
-                                status="failed", error="old", received_at=now - dt.timedelta(days=9))
-    WebhookEvent.objects.create(stripe_event_id="evt_pending_long", type="customer.subscription.updated",
-                                payload={}, status="pending", received_at=now - dt.timedelta(hours=2))
-    CreditPurchase.objects.create(organization=org, kind="manual", method="saved_card", packs=1,
-                                  credits=Decimal("500.00"), amount_cents=2000, status="started",
-                                  created_at=now - dt.timedelta(hours=3), started_at=now - dt.timedelta(hours=3))
-    CreditPurchase.objects.create(organization=org, kind="manual", method="saved_card", packs=1,
-                                  credits=Decimal("500.00"), amount_cents=2000, status="pending",
-                                  created_at=now - dt.timedelta(minutes=2))  # young: not stuck
+    WebhookEventFactory(stripe_event_id="evt_failed_recent", status="failed", error="KeyError: x",
+                        received_at=now - dt.timedelta(days=2))
+    WebhookEventFactory(stripe_event_id="evt_failed_old", status="failed", error="old",
+                        received_at=now - dt.timedelta(days=9))
+    WebhookEventFactory(stripe_event_id="evt_pending_long", type="customer.subscription.updated", status="pending",
+                        received_at=now - dt.timedelta(hours=2))
+    CreditPurchaseFactory(organization=org, status="started", created_at=now - dt.timedelta(hours=3),
+                          started_at=now - dt.timedelta(hours=3))
+    CreditPurchaseFactory(organization=org, status="pending", created_at=now - dt.timedelta(minutes=2))  # young
     return org
 
 

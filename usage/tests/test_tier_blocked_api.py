@@ -1,5 +1,5 @@
 """The orchestrator's 402 for a blocked tier records the block on the balance (first refusal of the
-period only) and emails the org's admins exactly once per cooldown (issue 12 item 10)."""
+period only) and emails the org's admins exactly once per cooldown."""
 from __future__ import annotations
 
 import datetime as dt

@@ -2,7 +2,8 @@
 
 Exit status: 0 when every balance matches its facts (or every drift was fixed with --fix) and,
 with --stripe, nothing disagrees with Stripe or is stuck; 1 otherwise. The logic lives in
-usage.services_reconcile; this command parses, calls it, and prints.
+usage.services_reconcile (balances from facts) and billing.services.health (Stripe and stuck work);
+this command parses, calls them, and prints.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from billing.services.health import stripe_compare
 from organizations.models import Organization
-from usage.services_reconcile import DEFAULT_CHUNK_SIZE, reconcile_orgs, stripe_compare
+from usage.services_reconcile import DEFAULT_CHUNK_SIZE, reconcile_orgs
 
 #: Without a terminal, a progress line every this many orgs (to stderr).
 PROGRESS_EVERY = 10_000

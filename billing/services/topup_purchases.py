@@ -1,5 +1,6 @@
-"""Credit top-ups: manual purchases (Checkout or saved card), auto top-up (settings, trigger, charge),
-the webhook entry points and the sweeper. (Staff grants: billing.services.grants.)
+"""Credit purchases: manual ones (Checkout or saved card), the off-session charge (manual and auto
+top-up), recording outcomes, the webhook entry points and the sweeper. Auto top-up's settings and
+trigger: billing.services.auto_topup. (Staff grants: billing.services.grants.)
 
 Rules kept here:
 - No Stripe call inside a DB transaction. Every payment starts with an intent row (PENDING) that is
@@ -9,29 +10,23 @@ Rules kept here:
   conditional UPDATE and calls the engine's `balance_add_topup_credits` in the same transaction.
   The API response and the webhook both call it; the second is a no-op.
 - Lock order: balance row (engine's `balance_for_update`) -> purchase row, everywhere.
-- At most one open auto top-up per org: UNIQUE (organization, open_slot) in the database.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db import transaction
+from django.db.models import F, Q
 
 from organizations.models import Organization
 
-from .. import enqueue, stripe_gateway
+from .. import stripe_gateway
 from ..errors import BillingError
 from ..logging import log_money
 from ..models import (
-    OPEN_PURCHASE_STATUSES,
-    AutoTopupSettingsChange,
-    CreditBalance,
     CreditPurchase,
     PurchaseKind,
     PurchaseMethod,
@@ -39,24 +34,15 @@ from ..models import (
     RequestIdempotency,
 )
 from ..notifications import notify_org_admins
-from ..plans import CURRENCY, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, credits as to_credits
-from .balance import balance_add_topup_credits, balance_for_update, balance_total_remaining
+from ..plans import CURRENCY, TOPUP_PACK_CREDITS, topup_price
+from ..stripe_payloads import CheckoutSession, PaymentError, PaymentIntent
+from .auto_topup import auto_topup_failure_streak, auto_topup_maybe_disable, billing_page_url, enqueue_charge
+from .balance import balance_add_topup_credits, balance_for_update
 
 logger = logging.getLogger("billing.topups")
 
-# --- Limits (the auto top-up bounds are part of the product contract) ----------------------------
-AUTO_TOPUP_THRESHOLD_MIN = Decimal("10")
-AUTO_TOPUP_THRESHOLD_MAX = Decimal("500")
-AUTO_TOPUP_PACKS_MIN = 1
-AUTO_TOPUP_PACKS_MAX = 10
-AUTO_TOPUP_CAP_MAX = 100
 MANUAL_PACKS_MIN = 1
 MANUAL_PACKS_MAX = 10
-#: Failed auto top-ups in a row (since the last success / settings change) that switch it off.
-AUTO_TOPUP_FAILURES_TO_DISABLE = 3
-#: After a failed auto top-up, the trigger waits this long before trying again (no retry storm
-#: on every action while the card keeps failing).
-AUTO_TOPUP_RETRY_AFTER = dt.timedelta(hours=1)
 #: Sweeper: a PENDING auto row not charged after this long is re-queued (the broker was down).
 SWEEP_REQUEUE_PENDING_AFTER = dt.timedelta(minutes=2)
 #: Sweeper: a STARTED saved-card row (Stripe called, no outcome recorded) is flagged after this long.
@@ -76,20 +62,6 @@ def _idempotency_key(purchase: CreditPurchase, suffix: str = "") -> str:
     return f"topup:{purchase.pk}{(':' + suffix) if suffix else ''}"
 
 
-def _price_for(packs: int) -> tuple[Decimal, int]:
-    return to_credits(TOPUP_PACK_CREDITS * packs), TOPUP_PACK_PRICE_CENTS * packs
-
-
-def _month_start(now: dt.datetime) -> dt.datetime:
-    now = now.astimezone(dt.timezone.utc)
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def _billing_url(org: Organization, **params: str) -> str:
-    extra = "".join(f"&{k}={v}" for k, v in params.items())
-    return f"{settings.APP_BASE_URL}/settings/billing?org={org.slug}{extra}"
-
-
 def topup_finish_url(*, purchase: CreditPurchase) -> str:
     """Link (emails, API) where an admin finishes a purchase whose card needs authentication."""
     return f"{settings.APP_BASE_URL}/billing/topups/{purchase.pk}/finish?org={purchase.organization.slug}"
@@ -99,7 +71,7 @@ def topup_finish_url(*, purchase: CreditPurchase) -> str:
 # Gateway adapters (the only place this module talks to billing.stripe_gateway)
 # ==================================================================================================
 
-def _charge_off_session(*, purchase: CreditPurchase, customer_id: str, idempotency_key: str) -> dict[str, Any]:
+def _charge_off_session(*, purchase: CreditPurchase, customer_id: str, idempotency_key: str) -> PaymentIntent:
     return stripe_gateway.payment_intent_create_off_session(
         customer_id=customer_id,
         amount_cents=purchase.amount_cents,
@@ -111,7 +83,7 @@ def _charge_off_session(*, purchase: CreditPurchase, customer_id: str, idempoten
 
 
 def _create_checkout(*, purchase: CreditPurchase, customer_id: str | None, idempotency_key: str,
-                     success_url: str, cancel_url: str) -> dict[str, Any]:
+                     success_url: str, cancel_url: str) -> CheckoutSession:
     return stripe_gateway.checkout_session_create(
         mode="payment",
         customer_id=customer_id,
@@ -197,11 +169,11 @@ def _purchase_fail(*, purchase_id: int, code: str, message: str, now: dt.datetim
             return False
         purchase = CreditPurchase.objects.select_related("organization").get(pk=purchase_id)
         if kind == PurchaseKind.AUTO_TOPUP:
-            disabled = _auto_topup_maybe_disable(balance=balance, now=now, reason=message)
+            disabled = auto_topup_maybe_disable(balance=balance, now=now, reason=message)
             context = {"purchase_id": purchase_id, "packs": packs, "credits": str(purchase.credits),
                        "amount_cents": purchase.amount_cents, "failure_code": code, "reason": message,
-                       "failures": _auto_topup_failure_streak(organization_id=org_id, now=now),
-                       "disabled": disabled, "billing_url": _billing_url(purchase.organization)}
+                       "failures": auto_topup_failure_streak(organization_id=org_id, now=now),
+                       "disabled": disabled, "billing_url": billing_page_url(purchase.organization)}
             if requires_action:
                 notify_org_admins(organization_id=org_id, kind="topup_needs_auth", context={
                     **context, "action_url": topup_finish_url(purchase=purchase)})
@@ -209,53 +181,6 @@ def _purchase_fail(*, purchase_id: int, code: str, message: str, now: dt.datetim
                 notify_org_admins(organization_id=org_id, kind="topup_failed", context=context)
     log_money(f"topup.{status}", org=org_id, purchase=purchase_id, kind=kind, code=code, message=message,
               payment_intent=payment_intent_id)
-    return True
-
-
-def _balance_write(balance: CreditBalance, *, now: dt.datetime, **fields: Any) -> None:
-    """Write auto top-up settings on a balance row the caller has locked (bumps the engine's version)."""
-    CreditBalance.objects.filter(pk=balance.pk).update(**fields, version=F("version") + 1, updated_at=now)
-    for name, value in fields.items():
-        setattr(balance, name, value)
-    balance.version += 1
-    balance.updated_at = now
-
-
-def _auto_topup_failure_streak(*, organization_id, now: dt.datetime) -> int:
-    """Failed / auth-required / abandoned auto top-ups in a row, newest first, since the last success
-    and since the last settings change (re-enabling starts a new count)."""
-    since = AutoTopupSettingsChange.objects.filter(organization_id=organization_id).order_by(
-        "-created_at", "-id").values_list("created_at", flat=True).first()
-    qs = CreditPurchase.objects.filter(organization_id=organization_id, kind=PurchaseKind.AUTO_TOPUP).exclude(
-        status__in=[PurchaseStatus.PENDING, PurchaseStatus.STARTED])
-    if since is not None:
-        qs = qs.filter(created_at__gte=since)
-    streak = 0
-    for status in qs.order_by("-created_at", "-id").values_list("status", flat=True)[:AUTO_TOPUP_FAILURES_TO_DISABLE]:
-        if status == PurchaseStatus.SUCCEEDED:
-            break
-        streak += 1
-    return streak
-
-
-def _auto_topup_maybe_disable(*, balance: CreditBalance, now: dt.datetime, reason: str = "") -> bool:
-    """Switch auto top-up off after AUTO_TOPUP_FAILURES_TO_DISABLE failures in a row. Caller holds the
-    balance lock."""
-    if not balance.auto_topup_enabled:
-        return False
-    streak = _auto_topup_failure_streak(organization_id=balance.organization_id, now=now)
-    if streak < AUTO_TOPUP_FAILURES_TO_DISABLE:
-        return False
-    _balance_write(balance, now=now, auto_topup_enabled=False)
-    AutoTopupSettingsChange.objects.create(
-        organization_id=balance.organization_id, changed_by=None, enabled=False,
-        threshold=balance.auto_topup_threshold, packs=balance.auto_topup_packs,
-        monthly_cap_packs=balance.auto_topup_monthly_cap_packs, reason="three_failures", created_at=now)
-    notify_org_admins(organization_id=balance.organization_id, kind="topup_auto_disabled", context={
-        "failures": streak, "reason": reason,
-        "billing_url": _billing_url(Organization.objects.get(pk=balance.organization_id))})
-    log_money("topup.auto_disabled", org=balance.organization_id, failures=streak)
-    logger.warning("auto top-up switched off for org %s after %s failures in a row", balance.organization_id, streak)
     return True
 
 
@@ -302,190 +227,49 @@ def topup_purchase_charge(*, purchase_id: int, now: dt.datetime, allow_started: 
     return CreditPurchase.objects.get(pk=purchase_id)
 
 
-def _record_intent_outcome(*, purchase_id: int, intent: dict[str, Any], now: dt.datetime) -> None:
-    status = intent.get("status")
-    pi_id = intent.get("id")
+def _record_intent_outcome(*, purchase_id: int, intent: PaymentIntent, now: dt.datetime) -> None:
+    status, pi_id, err = intent.status, intent.id, intent.last_error
     if status == "succeeded":
         _purchase_succeed(purchase_id=purchase_id, now=now, payment_intent_id=pi_id)
-    elif status == "requires_action" or _intent_error_code(intent) == "authentication_required":
+    elif status == "requires_action" or (err is not None and err.code == "authentication_required"):
         _purchase_fail(purchase_id=purchase_id, code="AUTHENTICATION_REQUIRED",
                        message="the card needs authentication", now=now, payment_intent_id=pi_id,
                        requires_action=True)
     elif status in ("requires_payment_method", "canceled"):
-        err = intent.get("last_payment_error") or {}
-        code = _failure_code_from_stripe(err)
-        _purchase_fail(purchase_id=purchase_id, code=code, message=err.get("message") or f"payment {status}",
-                       now=now, payment_intent_id=pi_id)
+        _purchase_fail(purchase_id=purchase_id, code=_failure_code_from_stripe(err),
+                       message=(err.message if err else "") or f"payment {status}", now=now, payment_intent_id=pi_id)
     else:  # processing / requires_confirmation: the webhook finishes it
         _record_stripe_ids(purchase_id=purchase_id, payment_intent_id=pi_id, checkout_session_id=None,
                            invoice_id=None)
         logger.info("top-up %s: payment intent %s is %s; waiting for the webhook", purchase_id, pi_id, status)
 
 
-def _intent_error_code(intent: dict[str, Any]) -> str:
-    err = intent.get("last_payment_error") or {}
-    return err.get("code") or ""
-
-
-def _failure_code_from_stripe(err: dict[str, Any]) -> str:
-    code = err.get("decline_code") or err.get("code") or ""
+def _failure_code_from_stripe(err: PaymentError | None) -> str:
+    if err is None:
+        return "PAYMENT_FAILED"
+    code = err.decline_code or err.code
     if code == "insufficient_funds":
         return "INSUFFICIENT_FUNDS"
     if code == "authentication_required":
         return "AUTHENTICATION_REQUIRED"
-    if code in ("card_declined", "generic_decline", "do_not_honor") or err.get("type") == "card_error":
+    if code in ("card_declined", "generic_decline", "do_not_honor") or err.type == "card_error":
         return "CARD_DECLINED"
     return "PAYMENT_FAILED"
-
-
-# ==================================================================================================
-# Auto top-up: trigger (engine hot path), enqueue, settings
-# ==================================================================================================
-
-def topup_maybe_trigger(*, balance: CreditBalance, now: dt.datetime) -> CreditPurchase | None:
-    """Called by the engine inside the action's transaction, with `balance` locked and already
-    charged. Cheap: a threshold comparison in memory; only below the threshold does it read (one
-    indexed query for the org's latest auto purchase, one for this month's packs) and, when a
-    purchase is due, INSERT one intent row and queue the charge task on commit."""
-    if not balance.auto_topup_enabled:
-        return None
-    if balance_total_remaining(balance) >= balance.auto_topup_threshold:
-        return None
-    org_id = balance.organization_id
-    latest = (CreditPurchase.objects.filter(organization_id=org_id, kind=PurchaseKind.AUTO_TOPUP)
-              .order_by("-created_at", "-id").values("status", "completed_at").first())
-    if latest is not None:
-        if latest["status"] in OPEN_PURCHASE_STATUSES:
-            return None  # one in flight already
-        if (latest["status"] == PurchaseStatus.FAILED and latest["completed_at"] is not None
-                and latest["completed_at"] > now - AUTO_TOPUP_RETRY_AFTER):
-            return None
-    used = _auto_packs_this_month(organization_id=org_id, now=now)
-    packs = min(balance.auto_topup_packs, balance.auto_topup_monthly_cap_packs - used)
-    if packs <= 0:
-        logger.info("auto top-up for org %s skipped: monthly cap of %s packs reached", org_id,
-                    balance.auto_topup_monthly_cap_packs)
-        return None
-    credits_amount, amount_cents = _price_for(packs)
-    purchase = CreditPurchase(
-        organization_id=org_id, kind=PurchaseKind.AUTO_TOPUP, method=PurchaseMethod.SAVED_CARD, packs=packs,
-        credits=credits_amount, amount_cents=amount_cents, currency=CURRENCY, status=PurchaseStatus.PENDING,
-        open_slot=True, created_at=now)
-    try:
-        with transaction.atomic():  # savepoint: a lost race must not poison the action's transaction
-            purchase.save(force_insert=True)
-    except IntegrityError:
-        logger.info("auto top-up for org %s already open (unique slot)", org_id)
-        return None
-    _enqueue_charge_on_commit(purchase_id=purchase.pk)
-    logger.info("auto top-up %s queued for org %s: %s packs", purchase.pk, org_id, packs)
-    return purchase
-
-
-def _auto_packs_this_month(*, organization_id, now: dt.datetime) -> int:
-    """Packs of auto top-ups this calendar month (UTC) that bought or may buy credits."""
-    return CreditPurchase.objects.filter(
-        organization_id=organization_id, kind=PurchaseKind.AUTO_TOPUP, created_at__gte=_month_start(now),
-        status__in=[*OPEN_PURCHASE_STATUSES, PurchaseStatus.SUCCEEDED],
-    ).aggregate(n=Coalesce(Sum("packs"), 0))["n"]
-
-
-def _enqueue_charge(purchase_id: int) -> bool:
-    """Send the charge task now. Never raises: a broker outage is logged and the sweeper re-queues."""
-    try:
-        enqueue.topup_charge(purchase_id=purchase_id)
-        return True
-    except Exception:  # noqa: BLE001 - the sweeper is the retry
-        logger.exception("could not queue top-up %s; the sweeper will re-queue it", purchase_id)
-        return False
-
-
-def _enqueue_charge_on_commit(*, purchase_id: int) -> None:
-    transaction.on_commit(lambda: _enqueue_charge(purchase_id))
-
-
-def _parse_threshold(value: Any) -> Decimal:
-    if isinstance(value, bool) or value is None:
-        raise BillingError("threshold must be a number of credits", code="INVALID_AUTO_TOPUP_THRESHOLD")
-    try:
-        d = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise BillingError("threshold must be a number of credits", code="INVALID_AUTO_TOPUP_THRESHOLD") from None
-    if not d.is_finite() or d != d.quantize(Decimal("0.01")):
-        raise BillingError("threshold must have at most two decimal places", code="INVALID_AUTO_TOPUP_THRESHOLD")
-    return d
-
-
-def _parse_int(value: Any, *, code: str, what: str) -> int:
-    if isinstance(value, bool) or value is None:
-        raise BillingError(f"{what} must be a whole number", code=code)
-    if isinstance(value, int):
-        return value
-    try:
-        d = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise BillingError(f"{what} must be a whole number", code=code) from None
-    if not d.is_finite() or d != d.to_integral_value():
-        raise BillingError(f"{what} must be a whole number", code=code)
-    return int(d)
-
-
-def auto_topup_settings_validate(*, threshold: Any, packs: Any, monthly_cap_packs: Any) -> tuple[Decimal, int, int]:
-    """Parse and check the settings; BillingError with a stable code on the first bad field."""
-    t = _parse_threshold(threshold)
-    if not (AUTO_TOPUP_THRESHOLD_MIN <= t <= AUTO_TOPUP_THRESHOLD_MAX):
-        raise BillingError(f"threshold must be between {AUTO_TOPUP_THRESHOLD_MIN} and {AUTO_TOPUP_THRESHOLD_MAX} "
-                           "credits", code="INVALID_AUTO_TOPUP_THRESHOLD")
-    p = _parse_int(packs, code="INVALID_AUTO_TOPUP_PACKS", what="packs")
-    if not (AUTO_TOPUP_PACKS_MIN <= p <= AUTO_TOPUP_PACKS_MAX):
-        raise BillingError(f"packs must be between {AUTO_TOPUP_PACKS_MIN} and {AUTO_TOPUP_PACKS_MAX}",
-                           code="INVALID_AUTO_TOPUP_PACKS")
-    cap = _parse_int(monthly_cap_packs, code="INVALID_AUTO_TOPUP_CAP", what="monthly cap")
-    if cap < p:
-        raise BillingError("the monthly cap must be at least the packs per top-up", code="INVALID_AUTO_TOPUP_CAP")
-    if cap > AUTO_TOPUP_CAP_MAX:
-        raise BillingError(f"the monthly cap must be at most {AUTO_TOPUP_CAP_MAX} packs", code="INVALID_AUTO_TOPUP_CAP")
-    return to_credits(t), p, cap
-
-
-def auto_topup_settings_update(*, organization_id, enabled: bool, threshold: Any, packs: Any,
-                               monthly_cap_packs: Any, user=None, now: dt.datetime) -> CreditBalance:
-    """Validate and save the org's auto top-up settings (audited). Enabling needs a Stripe customer
-    (a saved card); if the org is already below the new threshold, a top-up is triggered at once."""
-    if not isinstance(enabled, bool):
-        raise BillingError("enabled must be true or false", code="INVALID_REQUEST")
-    t, p, cap = auto_topup_settings_validate(threshold=threshold, packs=packs, monthly_cap_packs=monthly_cap_packs)
-    org = Organization.objects.get(pk=organization_id)
-    if enabled and not org.stripe_customer_id:
-        raise BillingError("add a card first (buy credits or subscribe once) to use auto top-up",
-                           code="NO_PAYMENT_METHOD", http_status=409)
-    with transaction.atomic():
-        balance = balance_for_update(organization_id=organization_id, now=now)
-        _balance_write(balance, now=now, auto_topup_enabled=enabled, auto_topup_threshold=t, auto_topup_packs=p,
-                       auto_topup_monthly_cap_packs=cap)
-        AutoTopupSettingsChange.objects.create(
-            organization_id=organization_id, changed_by=user if getattr(user, "pk", None) else None,
-            enabled=enabled, threshold=t, packs=p, monthly_cap_packs=cap, reason="admin", created_at=now)
-        if enabled:
-            topup_maybe_trigger(balance=balance, now=now)
-    logger.info("auto top-up settings for org %s: enabled=%s threshold=%s packs=%s cap=%s",
-                organization_id, enabled, t, p, cap)
-    return balance
 
 
 # ==================================================================================================
 # Manual purchases
 # ==================================================================================================
 
-def _validate_manual_packs(packs: Any) -> int:
-    p = _parse_int(packs, code="INVALID_PACKS", what="packs")
-    if not (MANUAL_PACKS_MIN <= p <= MANUAL_PACKS_MAX):
+def manual_packs_check(packs: int) -> int:
+    """The bounds of a manual purchase (browser input is parsed by billing.forms.TopupForm)."""
+    if not (MANUAL_PACKS_MIN <= packs <= MANUAL_PACKS_MAX):
         raise BillingError(f"packs must be between {MANUAL_PACKS_MIN} and {MANUAL_PACKS_MAX}", code="INVALID_PACKS")
-    return p
+    return packs
 
 
 def _new_manual(*, organization_id, packs: int, method: str, user, now: dt.datetime) -> CreditPurchase:
-    credits_amount, amount_cents = _price_for(packs)
+    credits_amount, amount_cents = topup_price(packs)
     purchase = CreditPurchase(
         organization_id=organization_id, kind=PurchaseKind.MANUAL, method=method, packs=packs,
         credits=credits_amount, amount_cents=amount_cents, currency=CURRENCY, status=PurchaseStatus.PENDING,
@@ -495,10 +279,10 @@ def _new_manual(*, organization_id, packs: int, method: str, user, now: dt.datet
     return purchase
 
 
-def topup_checkout_start(*, organization_id, packs: Any, user=None, now: dt.datetime) -> dict[str, Any]:
+def topup_checkout_start(*, organization_id, packs: int, user=None, now: dt.datetime) -> dict[str, Any]:
     """Manual top-up through Stripe Checkout (payment mode). Returns {purchase, url}. Credits land
     when `checkout.session.completed` (paid) arrives."""
-    p = _validate_manual_packs(packs)
+    p = manual_packs_check(packs)
     if not settings.STRIPE_PRICE_CREDITS_500:
         raise BillingError("the credit pack price is not configured (run manage.py stripe_setup)",
                            code="STRIPE_NOT_CONFIGURED", http_status=503)
@@ -518,8 +302,8 @@ def _checkout_for(*, purchase: CreditPurchase, org: Organization, now: dt.dateti
         session = _create_checkout(
             purchase=purchase, customer_id=org.stripe_customer_id or None,
             idempotency_key=_idempotency_key(purchase, idempotency_suffix),
-            success_url=_billing_url(org, topup="success", purchase=str(purchase.pk)),
-            cancel_url=_billing_url(org, topup="canceled", purchase=str(purchase.pk)))
+            success_url=billing_page_url(org, topup="success", purchase=str(purchase.pk)),
+            cancel_url=billing_page_url(org, topup="canceled", purchase=str(purchase.pk)))
     except BillingError as exc:
         if purchase.kind == PurchaseKind.MANUAL:
             CreditPurchase.objects.filter(pk=purchase.pk, status=PurchaseStatus.STARTED,
@@ -527,18 +311,18 @@ def _checkout_for(*, purchase: CreditPurchase, org: Organization, now: dt.dateti
                 status=PurchaseStatus.FAILED, failure_code=exc.code[:64], failure_message=exc.message[:2000],
                 completed_at=now)
         raise
-    if purchase.stripe_checkout_session_id and purchase.stripe_checkout_session_id != session["id"]:
-        logger.warning("top-up %s: new checkout session %s replaces %s", purchase.pk, session["id"],
+    if purchase.stripe_checkout_session_id and purchase.stripe_checkout_session_id != session.id:
+        logger.warning("top-up %s: new checkout session %s replaces %s", purchase.pk, session.id,
                        purchase.stripe_checkout_session_id)
-        CreditPurchase.objects.filter(pk=purchase.pk).update(stripe_checkout_session_id=session["id"])
+        CreditPurchase.objects.filter(pk=purchase.pk).update(stripe_checkout_session_id=session.id)
     else:
-        _record_stripe_ids(purchase_id=purchase.pk, payment_intent_id=None, checkout_session_id=session["id"],
+        _record_stripe_ids(purchase_id=purchase.pk, payment_intent_id=None, checkout_session_id=session.id,
                            invoice_id=None)
     purchase.refresh_from_db()
-    return {"purchase": purchase, "url": session["url"]}
+    return {"purchase": purchase, "url": session.url}
 
 
-def topup_saved_card_purchase(*, organization_id, packs: Any, user=None, now: dt.datetime,
+def topup_saved_card_purchase(*, organization_id, packs: int, user=None, now: dt.datetime,
                               request_idempotency_id: int | None = None) -> CreditPurchase:
     """Manual top-up charged at once to the org's saved card (off-session PaymentIntent). The
     returned row says what happened (succeeded / failed / requires_action).
@@ -547,7 +331,7 @@ def topup_saved_card_purchase(*, organization_id, packs: Any, user=None, now: dt
     The purchase is linked to it in the transaction that creates it; a retry of that request (after a
     5xx or a crash) charges the linked purchase again with the same Stripe idempotency key (Stripe
     replays the first charge) instead of creating a second purchase."""
-    p = _validate_manual_packs(packs)
+    p = manual_packs_check(packs)
     if request_idempotency_id is not None:
         linked = RequestIdempotency.objects.filter(pk=request_idempotency_id).values_list(
             "credit_purchase_id", flat=True).first()
@@ -582,67 +366,62 @@ def topup_finish_checkout(*, purchase_id: int, organization_id, now: dt.datetime
 # Webhook entry points (called by billing.services.webhooks' dispatcher; all idempotent)
 # ==================================================================================================
 
-def _purchase_from_stripe_object(obj: dict[str, Any], *, id_field: str) -> CreditPurchase | None:
-    meta = obj.get("metadata") or {}
-    pid = meta.get("purchase_id")
+def _purchase_from_stripe_object(obj: PaymentIntent | CheckoutSession, *, id_field: str) -> CreditPurchase | None:
+    pid = obj.metadata.get("purchase_id")
     if pid and str(pid).isdigit():
         purchase = CreditPurchase.objects.filter(pk=int(pid)).first()
         if purchase is not None:
             return purchase
-    if obj.get("id"):
-        return CreditPurchase.objects.filter(**{id_field: obj["id"]}).first()
+    if obj.id:
+        return CreditPurchase.objects.filter(**{id_field: obj.id}).first()
     return None
 
 
 def topup_checkout_completed(*, stripe_session: dict[str, Any], now: dt.datetime) -> CreditPurchase | None:
     """`checkout.session.completed` (payment mode). Returns the purchase, or None if the session is
     not a top-up. Credits land when the session is paid."""
-    if stripe_session.get("mode") not in (None, "payment"):
+    session = CheckoutSession.from_stripe(stripe_session)
+    if session.mode not in (None, "payment"):
         return None
-    purchase = _purchase_from_stripe_object(stripe_session, id_field="stripe_checkout_session_id")
+    purchase = _purchase_from_stripe_object(session, id_field="stripe_checkout_session_id")
     if purchase is None:
         return None
-    pi = stripe_session.get("payment_intent")
-    pi_id = pi.get("id") if isinstance(pi, dict) else pi
-    invoice = stripe_session.get("invoice")
-    invoice_id = invoice.get("id") if isinstance(invoice, dict) else invoice
-    customer = stripe_session.get("customer")
-    customer_id = customer.get("id") if isinstance(customer, dict) else customer
-    if customer_id:  # the card was saved for off-session use: remember the customer (never steal one)
+    if session.customer_id:  # the card was saved for off-session use: remember the customer (never steal one)
         Organization.objects.filter(pk=purchase.organization_id, stripe_customer_id__isnull=True).update(
-            stripe_customer_id=customer_id)
-    if stripe_session.get("payment_status") in ("paid", "no_payment_required"):
-        _purchase_succeed(purchase_id=purchase.pk, now=now, payment_intent_id=pi_id,
-                          checkout_session_id=stripe_session.get("id"), invoice_id=invoice_id)
+            stripe_customer_id=session.customer_id)
+    if session.payment_status in ("paid", "no_payment_required"):
+        _purchase_succeed(purchase_id=purchase.pk, now=now, payment_intent_id=session.payment_intent_id,
+                          checkout_session_id=session.id, invoice_id=session.invoice_id)
     else:
-        _record_stripe_ids(purchase_id=purchase.pk, payment_intent_id=pi_id,
-                           checkout_session_id=stripe_session.get("id"), invoice_id=invoice_id)
+        _record_stripe_ids(purchase_id=purchase.pk, payment_intent_id=session.payment_intent_id,
+                           checkout_session_id=session.id, invoice_id=session.invoice_id)
         logger.info("top-up %s: checkout completed with payment_status=%s; waiting", purchase.pk,
-                    stripe_session.get("payment_status"))
+                    session.payment_status)
     return CreditPurchase.objects.get(pk=purchase.pk)
 
 
 def topup_payment_succeeded(*, stripe_payment_intent: dict[str, Any], now: dt.datetime) -> CreditPurchase | None:
     """`payment_intent.succeeded`. Returns the purchase, or None if the intent is not a top-up."""
-    purchase = _purchase_from_stripe_object(stripe_payment_intent, id_field="stripe_payment_intent_id")
+    intent = PaymentIntent.from_stripe(stripe_payment_intent)
+    purchase = _purchase_from_stripe_object(intent, id_field="stripe_payment_intent_id")
     if purchase is None:
         return None
-    _purchase_succeed(purchase_id=purchase.pk, now=now, payment_intent_id=stripe_payment_intent.get("id"))
+    _purchase_succeed(purchase_id=purchase.pk, now=now, payment_intent_id=intent.id)
     return CreditPurchase.objects.get(pk=purchase.pk)
 
 
 def topup_payment_failed(*, stripe_payment_intent: dict[str, Any], now: dt.datetime) -> CreditPurchase | None:
     """`payment_intent.payment_failed`. A no-op when the API response already recorded the outcome,
     and for Checkout purchases (the customer can retry on the hosted page)."""
-    purchase = _purchase_from_stripe_object(stripe_payment_intent, id_field="stripe_payment_intent_id")
+    intent = PaymentIntent.from_stripe(stripe_payment_intent)
+    purchase = _purchase_from_stripe_object(intent, id_field="stripe_payment_intent_id")
     if purchase is None:
         return None
     if purchase.method == PurchaseMethod.SAVED_CARD:
-        err = stripe_payment_intent.get("last_payment_error") or {}
-        code = _failure_code_from_stripe(err)
-        _purchase_fail(purchase_id=purchase.pk, code=code, message=err.get("message") or "payment failed", now=now,
-                       payment_intent_id=stripe_payment_intent.get("id"),
-                       requires_action=code == "AUTHENTICATION_REQUIRED")
+        code = _failure_code_from_stripe(intent.last_error)
+        _purchase_fail(purchase_id=purchase.pk, code=code,
+                       message=(intent.last_error.message if intent.last_error else "") or "payment failed", now=now,
+                       payment_intent_id=intent.id, requires_action=code == "AUTHENTICATION_REQUIRED")
     return CreditPurchase.objects.get(pk=purchase.pk)
 
 
@@ -650,17 +429,10 @@ def topup_payment_failed(*, stripe_payment_intent: dict[str, Any], now: dt.datet
 # Reads
 # ==================================================================================================
 
-def topup_history(*, organization_id, limit: int = 100) -> list[dict[str, Any]]:
-    """The org's purchases, newest first, as JSON-ready dicts (camelCase)."""
-    rows = CreditPurchase.objects.select_related("organization").filter(organization_id=organization_id).order_by("-created_at", "-id")[:limit]
-    return [{
-        "id": r.pk, "kind": r.kind, "method": r.method, "packs": r.packs, "credits": str(r.credits),
-        "amountCents": r.amount_cents, "currency": r.currency, "status": r.status,
-        "failureCode": r.failure_code or None, "failureMessage": r.failure_message or None,
-        "createdAt": r.created_at.isoformat(), "completedAt": r.completed_at.isoformat() if r.completed_at else None,
-        "creditsAppliedAt": r.credits_applied_at.isoformat() if r.credits_applied_at else None,
-        "finishUrl": topup_finish_url(purchase=r) if r.status == PurchaseStatus.REQUIRES_ACTION else None,
-    } for r in rows]
+def topup_history(*, organization_id, limit: int = 100) -> list[CreditPurchase]:
+    """The org's purchases, newest first."""
+    return list(CreditPurchase.objects.select_related("organization").filter(
+        organization_id=organization_id).order_by("-created_at", "-id")[:limit])
 
 
 # ==================================================================================================
@@ -681,7 +453,7 @@ def topup_sweep(*, now: dt.datetime) -> dict[str, int]:
         status=PurchaseStatus.PENDING, kind=PurchaseKind.AUTO_TOPUP, method=PurchaseMethod.SAVED_CARD,
     ).filter(Q(queued_at__lt=stale) | Q(queued_at__isnull=True, created_at__lt=stale)).values_list("pk", flat=True)[:500])
     for pk in pending_auto:
-        if _enqueue_charge(pk):
+        if enqueue_charge(pk):
             CreditPurchase.objects.filter(pk=pk, status=PurchaseStatus.PENDING).update(queued_at=now)
             counts["requeued"] += 1
     counts["canceled"] += CreditPurchase.objects.filter(

@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+from tests import stripe_calls
 
 TEST_WEBHOOK_SECRET = "whsec_hooks_test_secret"
 PRICES = {"starter": "price_hooks_starter", "pro": "price_hooks_pro", "max": "price_hooks_max"}
@@ -139,7 +140,7 @@ def replay_sim_events(client, seen: set[str]) -> list[dict]:
 
     from billing import stripe_gateway as gw
 
-    events = sorted((e for e in gw.event_list(limit=100) if e["id"] not in seen), key=_sim_event_seq)
+    events = sorted((e for e in stripe_calls.event_list(limit=100) if e["id"] not in seen), key=_sim_event_seq)
     for event in events:
         response = post_event(client, event, secret=settings.STRIPE_WEBHOOK_SECRET)
         assert response.status_code == 200, (event["type"], response.content)

@@ -16,8 +16,9 @@ from billing.services.plan_changes import checkout_start
 from billing.services.dunning import dunning_enforce
 from organizations.models import Organization
 from organizations.tests.factories import MembershipFactory, OrganizationFactory
+from tests import stripe_calls
 
-from .webhook_support import deliver, hooks_stripe_settings, org, replay_sim_events  # noqa: F401 - fixtures
+from .stripe_events import deliver, hooks_stripe_settings, org, replay_sim_events  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -34,7 +35,7 @@ def test_grace_end_does_not_cancel_a_subscription_paid_at_stripe_whose_webhook_w
     sub = Subscription.objects.get(stripe_subscription_id=sub_id)
     assert sub.status == "active"
 
-    bad = gw.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
+    bad = stripe_calls.payment_method_attach(payment_method_id="pm_card_chargeCustomerFail", customer_id=sub.stripe_customer_id,
                                    idempotency_key=f"review-bad:{sub.pk}")
     gw.get_client().v1.subscriptions.update(sub_id, params={"default_payment_method": bad["id"]})
     period_end = gw.subscription_retrieve(sub_id).obj["items"]["data"][0]["current_period_end"]
@@ -45,7 +46,7 @@ def test_grace_end_does_not_cancel_a_subscription_paid_at_stripe_whose_webhook_w
 
     # The customer pays on the hosted invoice page; the invoice.paid / subscription.updated
     # webhooks never reach us (not replayed here).
-    open_invoice = gw.invoice_list(customer_id=sub.stripe_customer_id)[0]
+    open_invoice = stripe_calls.invoice_list(customer_id=sub.stripe_customer_id)[0]
     request = urllib.request.Request(f"{open_invoice['hosted_invoice_url']}/pay", method="POST",
                                      data=urllib.parse.urlencode({"card_number": "4242424242424242"}).encode())
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -67,7 +68,7 @@ def test_late_paid_event_of_the_previous_invoice_does_not_clear_the_grace_of_the
     after this month's invoice.payment_failed: the failed invoice is still open, the grace stays."""
     import time
 
-    from .webhook_support import DAY, invoice_obj, make_event, subscription_obj, uid
+    from .stripe_events import DAY, invoice_obj, make_event, subscription_obj, uid
 
     t, sub_id = int(time.time()) - 60, uid("sub")
     deliver(make_event("customer.subscription.created", subscription_obj(

@@ -11,8 +11,9 @@ from billing import stripe_gateway as gw
 from billing.models import CheckoutIntent, Subscription
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
+from tests import stripe_calls
 
-from .webhook_support import replay_sim_events
+from .stripe_events import replay_sim_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,7 +46,7 @@ def test_two_tabs_cannot_both_complete_a_trial_checkout(client, owner, stripe_se
     subs = list(Subscription.objects.filter(organization=org))
     assert [(s.plan_tier, s.status) for s in subs] == [("starter", "trialing")]
     customer = org.__class__.objects.get(pk=org.pk).stripe_customer_id
-    assert len(gw.subscription_list(customer_id=customer)) == 1
+    assert len(stripe_calls.subscription_list(customer_id=customer)) == 1
 
 
 def test_superseding_a_session_already_paid_is_refused(client, owner, stripe_settings):
@@ -56,6 +57,6 @@ def test_superseding_a_session_already_paid_is_refused(client, owner, stripe_set
     status, body = _checkout(client, org, "starter")
     assert status == 409 and body["error"]["code"] == "ALREADY_SUBSCRIBED", body
     customer = org.__class__.objects.get(pk=org.pk).stripe_customer_id
-    assert len(gw.subscription_list(customer_id=customer)) == 1
+    assert len(stripe_calls.subscription_list(customer_id=customer)) == 1
     replay_sim_events(client, set())
     assert CheckoutIntent.objects.get(stripe_checkout_session_id=pro["sessionId"]).status == "completed"

@@ -1,6 +1,7 @@
-"""Helpers for the top-up tests on top of SIM's simulator fixtures (tests/stripe_fixtures.py):
+"""Saved test cards for the top-up tests, on top of the simulator fixtures (tests/stripe_fixtures.py):
 `topup_sim` = `stripe_settings` (fresh simulator, settings pointed at it, prices incl. the credit
-pack) plus a `control(path, body)` shortcut; orgs with a saved test card.
+pack) plus a `control(path, body)` shortcut; `customer_with_card` gives an org a Stripe customer
+whose default card is one of CARDS. Database rows come from billing/tests/factories.py.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests import stripe_calls
 from tests.stripe_fixtures import SIM_WEBHOOK_SECRET  # noqa: F401 - re-exported for the tests
 
 _seq = itertools.count(1)
@@ -45,9 +47,9 @@ def customer_with_card(org, card: str) -> str:
     n = next(_seq)
     cus = stripe_gateway.customer_create(email=f"billing{n}@example.test", name=org.name,
                                          metadata={"orgId": str(org.pk)}, idempotency_key=f"topup-test-cus:{org.pk}")
-    pm = stripe_gateway.payment_method_attach(payment_method_id=CARDS[card], customer_id=cus["id"],
+    pm = stripe_calls.payment_method_attach(payment_method_id=CARDS[card], customer_id=cus["id"],
                                               idempotency_key=f"topup-test-pm:{org.pk}")
-    stripe_gateway.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=pm["id"],
+    stripe_calls.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=pm["id"],
                                                        idempotency_key=f"topup-test-default:{org.pk}")
     org.stripe_customer_id = cus["id"]
     org.save(update_fields=["stripe_customer_id"])

@@ -1,4 +1,4 @@
-"""Out-of-order pairs found in review: events of the SAME second (Stripe's `created` is whole seconds,
+"""Out-of-order pairs: events of the SAME second (Stripe's `created` is whole seconds,
 so ties are common: a cancel emits updated + deleted together) and a trial_will_end arriving after
 the subscription ended. Signed events through the real endpoint, MariaDB."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from django.core import mail
 
 from billing.models import CreditBalance, Subscription
 
-from .webhook_support import (  # noqa: F401 - fixtures are used by name
+from .stripe_events import (  # noqa: F401 - fixtures are used by name
     DAY,
     deliver,
     hooks_stripe_settings,
@@ -65,7 +65,7 @@ def test_trial_will_end_after_the_subscription_ended_sends_no_trial_ending_email
 def test_invoice_created_of_the_same_second_never_turns_a_finalized_invoice_back_to_draft(org, deliver):
     from billing.models import Invoice
 
-    from .webhook_support import invoice_obj
+    from .stripe_events import invoice_obj
 
     t, sub_id, inv_id = int(time.time()) - 60, uid("sub"), uid("in")
     deliver(sub_event(org, "customer.subscription.created", sub_id=sub_id, created=t - DAY, tier="pro",

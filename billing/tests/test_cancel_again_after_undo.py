@@ -12,7 +12,7 @@ from billing.models import Subscription
 from organizations.models import Role
 from organizations.tests.factories import MembershipFactory
 
-from .webhook_support import replay_sim_events
+from .stripe_events import replay_sim_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
