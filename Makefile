@@ -1,4 +1,4 @@
-.PHONY: run test bench soak reconcile services-up services-down clean
+.PHONY: run test test-dates bench soak reconcile services-up services-down clean
 
 ## Serve the dashboard on http://127.0.0.1:8000 (SQLite, eager tasks, Stripe simulator).
 run:
@@ -7,6 +7,11 @@ run:
 ## Whole pytest suite against a throwaway MariaDB + Redis (+ Celery worker, simulator, Chromium).
 test:
 	@scripts/test.sh $(PYTEST_ARGS)
+
+## Not CI: the whole suite once per date (2027-01-31 23:30, 2028-02-29 12:00, 2027-12-31 23:59 UTC) with the
+## whole stack's clock moved by libfaketime, on its own MariaDB + Redis (scripts/test-dates.sh). TEST_DATES=… for others.
+test-dates:
+	@scripts/test-dates.sh $(PYTEST_ARGS)
 
 ## Benchmarks (figures printed, never asserted in the suite). `make bench soak` for the soak mode.
 bench:

@@ -147,16 +147,16 @@ def show(name: str, r: dict) -> None:
           flush=True)
 
 
-def raw_ceiling(org_id: str, n: int, seconds: float) -> dict:
+def raw_ceiling(org_id: str, n: int, seconds: float, db_url: str | None = None) -> dict:
     """The hot path's SQL, issued by bare mysqlclient connections (no Django, no HTTP)."""
     import datetime as dt
 
     import MySQLdb
 
     from billing.services.balance import _SELECT_FOR_UPDATE, _TABLE
-    from usage.services import _INSERT_SQL, _ROW_PLACEHOLDER
+    from usage.services import _INSERT_COLUMNS, _INSERT_SQL, _ROW_PLACEHOLDER
 
-    url = urlparse(os.environ["DATABASE_URL"])
+    url = urlparse(db_url or os.environ["DATABASE_URL"])
     update = f"UPDATE {_TABLE} SET topup_used = %s, version = version + 1, updated_at = %s WHERE id = %s"
     insert = _INSERT_SQL + _ROW_PLACEHOLDER
     org_hex = uuid.UUID(org_id).hex
@@ -179,8 +179,12 @@ def raw_ceiling(org_id: str, n: int, seconds: float) -> dict:
             now = dt.datetime.utcnow().replace(microsecond=0)
             cur.execute(update, [row[i_used] + Decimal("1.00"), now, row[i_id]])
             body = json.dumps({"success": True, "creditsUsed": "1.00", "paidFrom": "credits"})
-            cur.execute(insert, [org_hex, f"raw{k}", "small", Decimal("1.00"), "credits", 2, None, None, None, None,
-                                 None, row[i_ps], row[i_pe], f"raw-{k}-{seq}", body, now])
+            # by column name: a column a migration adds is NULL here (as nullable new columns are)
+            values = {"organization_id": org_hex, "user_id": f"raw{k}", "tier": "small",
+                      "credits_charged": Decimal("1.00"), "paid_from": "credits", "payout_cents": 2,
+                      "period_start": row[i_ps], "period_end": row[i_pe], "idempotency_key": f"raw-{k}-{seq}",
+                      "response_body": body, "created_at": now}
+            cur.execute(insert, [values.get(c) for c in _INSERT_COLUMNS])
             db.commit()
             db.autocommit(True)
             seq += 1
@@ -203,12 +207,15 @@ def raw_ceiling(org_id: str, n: int, seconds: float) -> dict:
             "p99_ms": _pct(all_lat, 99) * 1000, "statuses": {"committed": len(all_lat)}}
 
 
-def main() -> None:
+def run(base_url: str, token: str, prep: dict, *, seconds: float = SECONDS, clients: int = CLIENTS,
+        batch_clients: int = BATCH_CLIENTS, batch_size: int = BATCH_SIZE, warm_seconds: float = 1.5,
+        scenarios: tuple[str, ...] = ("hot", "orgs", "batch", "raw"), db_url: str | None = None,
+        results_path: Path | None = None) -> dict:
+    """Every scenario against the API at `base_url` (orgs from engine_prepare.setup); prints the figures
+    and returns them. `db_url` (default DATABASE_URL) is the database the raw ceiling loop writes to."""
     global HOST, PORT
-    base_url, token, prep_path = sys.argv[1:4]
     u = urlparse(base_url)
     HOST, PORT = u.hostname, u.port
-    prep = json.loads(Path(prep_path).read_text())
     hot, orgs = prep["hot"], prep["orgs"]
     run_id = uuid.uuid4().hex[:8]
     host = f"{HOST}:{PORT}"
@@ -220,33 +227,32 @@ def main() -> None:
                 "agentId": "bench-agent", "idempotencyKey": f"{run_id}-{scenario}-{k}-{seq}"})
         return make
 
-    wanted = os.environ.get("BENCH_SCENARIOS", "hot,orgs,batch,raw").split(",")
-
-    print(f"Usage API benchmark: {CLIENTS} clients, {SECONDS:.0f} s per scenario, gunicorn at {base_url}", flush=True)
-    run_clients(CLIENTS, 1.5, single(lambda k, s: orgs[(k + s) % len(orgs)], "warm"), _single_counter)
+    print(f"Usage API benchmark: {clients} clients, {seconds:.0f} s per scenario, gunicorn at {base_url}", flush=True)
+    if warm_seconds:
+        run_clients(clients, warm_seconds, single(lambda k, s: orgs[(k + s) % len(orgs)], "warm"), _single_counter)
     results = {}
-    if "hot" in wanted:
-        results["hot"] = run_clients(CLIENTS, SECONDS, single(lambda k, s: hot, "hot"), _single_counter)
-        show(f"hot org, {CLIENTS} clients, /record", results["hot"])
-    if "orgs" in wanted:
-        results["orgs"] = run_clients(CLIENTS, SECONDS, single(lambda k, s: orgs[(k * 7 + s) % len(orgs)], "orgs"),
+    if "hot" in scenarios:
+        results["hot"] = run_clients(clients, seconds, single(lambda k, s: hot, "hot"), _single_counter)
+        show(f"hot org, {clients} clients, /record", results["hot"])
+    if "orgs" in scenarios:
+        results["orgs"] = run_clients(clients, seconds, single(lambda k, s: orgs[(k * 7 + s) % len(orgs)], "orgs"),
                                       _single_counter)
-        show(f"{len(orgs)} orgs, {CLIENTS} clients, /record", results["orgs"])
+        show(f"{len(orgs)} orgs, {clients} clients, /record", results["orgs"])
 
     def batch(k: int, seq: int) -> bytes:
         return _req(host, "/api/billing/usage/record-batch", token, {
             "orgId": orgs[(k + seq) % len(orgs)] if k % 2 else hot,
-            "actions": [{"userId": f"u{k}", "actionTier": TIERS[i % 4]} for i in range(BATCH_SIZE)]})
-    if "batch" in wanted:
-        results["batch"] = run_clients(BATCH_CLIENTS, SECONDS, batch, _batch_counter)
-        show(f"batch x{BATCH_SIZE}, {BATCH_CLIENTS} clients", results["batch"])
+            "actions": [{"userId": f"u{k}", "actionTier": TIERS[i % 4]} for i in range(batch_size)]})
+    if "batch" in scenarios:
+        results["batch"] = run_clients(batch_clients, seconds, batch, _batch_counter)
+        show(f"batch x{batch_size}, {batch_clients} clients", results["batch"])
 
     ratio = None
-    if "raw" in wanted:
+    if "raw" in scenarios:
         import django
         django.setup()
-        results["raw"] = raw_ceiling(prep["raw"], CLIENTS, SECONDS)
-        show(f"raw mysqlclient, {CLIENTS} threads", results["raw"])
+        results["raw"] = raw_ceiling(prep["raw"], clients, seconds, db_url=db_url)
+        show(f"raw mysqlclient, {clients} threads", results["raw"])
         if "hot" in results:
             ratio = results["hot"]["actions_per_s"] / results["raw"]["actions_per_s"]
             print(f"  API/raw ratio (hot org): {ratio:.2f}", flush=True)
@@ -255,9 +261,18 @@ def main() -> None:
         print(f"  targets: hot >= 1,000 actions/s with p99 <= 50 ms: {'MET' if hot_ok else 'MISSED'}; "
               f"batch >= 20,000 actions/s: {'MET' if results['batch']['actions_per_s'] >= 20000 else 'MISSED'}",
               flush=True)
-    out = Path(os.environ.get("BENCH_RESULTS", "test-artifacts/bench-engine.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**results, "api_raw_ratio": ratio}, indent=2))
+    results["api_raw_ratio"] = ratio
+    if results_path is not None:
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main() -> None:
+    base_url, token, prep_path = sys.argv[1:4]
+    run(base_url, token, json.loads(Path(prep_path).read_text()),
+        scenarios=tuple(os.environ.get("BENCH_SCENARIOS", "hot,orgs,batch,raw").split(",")),
+        results_path=Path(os.environ.get("BENCH_RESULTS", "test-artifacts/bench-engine.json")))
 
 
 HOST, PORT = "127.0.0.1", 0

@@ -43,17 +43,22 @@ def _org(name: str, credits: Decimal, now: dt.datetime) -> str:
     return str(org.pk)
 
 
-def setup() -> None:
+def create_orgs(n_orgs: int = N_ORGS) -> dict:
+    """The bench orgs (max plan, period from now, plenty of credits): {"hot", "raw", "orgs": [...]} ids."""
     now = timezone.now() - dt.timedelta(minutes=1)
-    out = {
+    return {
         "hot": _org("bench-hot", Decimal("5000000.00"), now),
         "raw": _org("bench-raw", Decimal("5000000.00"), now),
-        "orgs": [_org(f"bench-org-{i:03d}", Decimal("200000.00"), now) for i in range(N_ORGS)],
+        "orgs": [_org(f"bench-org-{i:03d}", Decimal("200000.00"), now) for i in range(n_orgs)],
     }
-    print(json.dumps(out))
 
 
-def drift() -> int:
+def setup() -> None:
+    print(json.dumps(create_orgs()))
+
+
+def drift_report() -> dict:
+    """Every cached balance against its fact rows: {"balances", "actions", "drifted": [...]}."""
     bad = []
     n_actions = 0
     for b in CreditBalance.objects.all():
@@ -78,8 +83,13 @@ def drift() -> int:
             problems.append("top-up over-spent")
         if problems:
             bad.append({"org": str(b.organization_id), "problems": problems})
-    print(json.dumps({"balances": CreditBalance.objects.count(), "actions": n_actions, "drifted": bad}))
-    return 1 if bad else 0
+    return {"balances": CreditBalance.objects.count(), "actions": n_actions, "drifted": bad}
+
+
+def drift() -> int:
+    report = drift_report()
+    print(json.dumps(report))
+    return 1 if report["drifted"] else 0
 
 
 if __name__ == "__main__":

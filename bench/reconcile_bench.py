@@ -91,24 +91,37 @@ def _manage(url: str, *args: str, check: bool = True) -> tuple[int, str, float, 
     return proc.returncode, stdout, seconds, usage.ru_maxrss
 
 
-def _populate(url: str, *, rows: int, orgs: int, seed: int = 7) -> dict[str, float]:
+def _populate(url: str, *, rows: int, orgs: int, seed: int = 7, now: dt.datetime | None = None) -> dict[str, float]:
+    """The facts and consistent balances of `orgs` max orgs, `rows` actions; drift planted in 3 orgs.
+
+    The current period contains `now` (default: the real clock, UTC, naive as stored): `reconcile`
+    reads the clock, so fixed dates would put every balance in a period that has ended."""
     import MySQLdb  # noqa: PLC0415
 
     p = urlparse(url)
     conn = MySQLdb.connect(host=p.hostname, port=p.port or 3306, user=p.username, passwd=p.password or "",
                            db=p.path.strip("/"), charset="utf8mb4")
+    try:  # closed also on an error: an open transaction would hold its locks (and a test DB's flush)
+        return _fill(conn, rows=rows, orgs=orgs, seed=seed, now=now)
+    finally:
+        conn.close()
+
+
+def _fill(conn, *, rows: int, orgs: int, seed: int, now: dt.datetime | None) -> dict[str, float]:
+    from dateutil.relativedelta import relativedelta  # noqa: PLC0415
+
     cur = conn.cursor()
     rng = random.Random(seed)
     started = time.monotonic()
-    now = dt.datetime(2026, 11, 20, 12, 0, 0)
-    cur_start, cur_end = dt.datetime(2026, 11, 1), dt.datetime(2026, 12, 1)
-    prev_start = dt.datetime(2026, 10, 1)
+    now = (now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).replace(microsecond=0)
+    cur_start = (now - dt.timedelta(days=19)).replace(hour=0, minute=0, second=0)
+    cur_end = cur_start + relativedelta(months=1)  # > now: a month is at least 28 days
+    prev_start = cur_start - relativedelta(months=1)
     org_ids = [uuid.UUID(int=rng.getrandbits(128), version=4).hex for _ in range(orgs)]
     cur.executemany(
         "INSERT INTO organizations (id, name, slug, stripe_customer_id, subscription_tier, subscription_status,"
-        " trial_ends_at, last_billing_warning_at, created_at) VALUES (%s, %s, %s, NULL, 'max', 'active', NULL, NULL,"
-        " %s)",
-        [(oid, f"Bench {i}", f"bench-{i}", dt.datetime(2026, 1, 1)) for i, oid in enumerate(org_ids)])
+        " trial_ends_at, created_at) VALUES (%s, %s, %s, NULL, 'max', 'active', NULL, %s)",
+        [(oid, f"Bench {i}", f"bench-{i}", prev_start - dt.timedelta(days=300)) for i, oid in enumerate(org_ids)])
     per_org = rows // orgs
     grant = Decimal("5000.00")
     balances = []
@@ -141,7 +154,7 @@ def _populate(url: str, *, rows: int, orgs: int, seed: int = 7) -> dict[str, flo
             elif not previous:
                 used[tier] += 1
             start, end = (prev_start, cur_start) if previous else (cur_start, cur_end)
-            created = start + dt.timedelta(seconds=3600 * 2 + k)
+            created = min(start + dt.timedelta(seconds=3600 * 2 + k), now)  # past, inside its period
             buffer.append(f"('{oid}','u{k % 17}','{tier}',{charged},'{paid_from}',2,'{start:%Y-%m-%d %H:%M:%S}',"
                           f"'{end:%Y-%m-%d %H:%M:%S}','{created:%Y-%m-%d %H:%M:%S}')")
             if len(buffer) >= BATCH:
@@ -150,8 +163,9 @@ def _populate(url: str, *, rows: int, orgs: int, seed: int = 7) -> dict[str, flo
     flush()
     cur.executemany(
         "INSERT INTO credit_purchases (organization_id, kind, method, packs, credits, amount_cents, currency, status,"
-        " open_slot, failure_code, failure_message, reason, created_at, completed_at, credits_applied_at)"
-        " VALUES (%s, 'grant', 'none', 0, %s, 0, 'usd', 'succeeded', NULL, '', '', 'bench', %s, %s, %s)",
+        " open_slot, failure_code, failure_message, reason, created_at, completed_at, credits_applied_at,"
+        " overage_settled)"
+        " VALUES (%s, 'grant', 'none', 0, %s, 0, 'usd', 'succeeded', NULL, '', '', 'bench', %s, %s, %s, 0)",
         [(oid, grant, at, at, at) for oid, at in purchases])
     max_included = {"small": 12500, "medium": 5000, "large": 2500, "xl": 800}
     cur.executemany(
@@ -180,7 +194,6 @@ def _populate(url: str, *, rows: int, orgs: int, seed: int = 7) -> dict[str, flo
     conn.commit()
     cur.execute("ANALYZE TABLE billable_actions")
     cur.fetchall()
-    conn.close()
     return {"insert_seconds": time.monotonic() - started, "rows": inserted, "drifted": len(drifted)}
 
 
@@ -188,33 +201,46 @@ def _fmt_rss(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
 
 
-def main() -> int:
-    url = _bench_url()
-    sizes = [int(s) for s in os.environ.get("BENCH_RECONCILE_ROWS", "100000,1000000").split(",") if s.strip()]
-    orgs = int(os.environ.get("BENCH_RECONCILE_ORGS", "1000"))
+def run(url: str, *, sizes: list[int], orgs: int, fresh_database: bool = True) -> list[dict]:
+    """For each size: (a fresh, migrated database unless `fresh_database` is False: `url` is then an
+    already migrated, empty one), populate, time `reconcile --json`, `--fix`, a re-check. Prints the
+    figures and returns them (never judged here)."""
     print(f"reconcile bench: sizes {sizes}, {orgs} orgs, database {urlparse(url).path.strip('/')}")
     results = []
     for rows in sizes:
-        _recreate_database(url)
-        code, _, _, _ = _manage(url, "migrate", "--noinput")
-        if code:
-            return 1
+        if fresh_database:
+            _recreate_database(url)
+            code, _, _, _ = _manage(url, "migrate", "--noinput")
+            if code:
+                raise SystemExit("migrate failed")
         fill = _populate(url, rows=rows, orgs=orgs)
         code, out, seconds, rss = _manage(url, "reconcile", "--json")
         doc = json.loads(out)
         found = doc["driftedOrgs"]
         fcode, _, fix_seconds, fix_rss = _manage(url, "reconcile", "--fix")
         acode, _, again_seconds, _ = _manage(url, "reconcile")
-        results.append((rows, seconds, rss, found, fill["drifted"], fix_seconds, fcode, acode, again_seconds,
-                        fill["insert_seconds"]))
+        results.append({"rows": rows, "inserted": fill["rows"], "seconds": seconds, "exit": code, "rss_kib": rss,
+                        "found": found, "planted": fill["drifted"], "fix_seconds": fix_seconds, "fix_exit": fcode,
+                        "recheck_exit": acode, "recheck_seconds": again_seconds,
+                        "insert_seconds": fill["insert_seconds"]})
         print(f"  {rows:>9,} actions: insert {fill['insert_seconds']:.1f}s | reconcile {seconds:.2f}s "
               f"(exit {code}, drifted orgs found {found}/{fill['drifted']}), peak RSS {_fmt_rss(rss)} | "
               f"--fix {fix_seconds:.2f}s (exit {fcode}) | re-check {again_seconds:.2f}s (exit {acode})")
     print("reconcile figures:")
-    for rows, seconds, rss, found, planted, fix_s, fcode, acode, again_s, _ in results:
-        verdict = "OK" if seconds <= 10 and found == planted and fcode == 0 and acode == 0 else "CHECK"
-        print(f"  {rows:,} actions / {orgs} orgs: {seconds:.2f}s (target ≤ 10 s), peak RSS {_fmt_rss(rss)}, "
-              f"{found}/{planted} drifted orgs found, fixed (exit {fcode}), clean re-check (exit {acode}) -> {verdict}")
+    for r in results:
+        verdict = ("OK" if r["seconds"] <= 10 and r["found"] == r["planted"] and r["fix_exit"] == 0
+                   and r["recheck_exit"] == 0 else "CHECK")
+        print(f"  {r['rows']:,} actions / {orgs} orgs: {r['seconds']:.2f}s (target ≤ 10 s), peak RSS "
+              f"{_fmt_rss(r['rss_kib'])}, {r['found']}/{r['planted']} drifted orgs found, fixed (exit "
+              f"{r['fix_exit']}), clean re-check (exit {r['recheck_exit']}) -> {verdict}")
+    return results
+
+
+def main() -> int:
+    url = _bench_url()
+    sizes = [int(s) for s in os.environ.get("BENCH_RECONCILE_ROWS", "100000,1000000").split(",") if s.strip()]
+    orgs = int(os.environ.get("BENCH_RECONCILE_ORGS", "1000"))
+    run(url, sizes=sizes, orgs=orgs)
     if not os.environ.get("BENCH_KEEP_DB"):
         _drop_database(url)
     return 0

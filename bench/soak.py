@@ -57,6 +57,11 @@ def prepare() -> None:
     import django
 
     django.setup()
+    print(json.dumps(prepare_orgs()))
+
+
+def prepare_orgs(n_orgs: int = N_ORGS) -> dict:
+    """(Django set up) `n_orgs` pro orgs with a grant and a logged-in owner session: {"orgs": [...]}."""
     import datetime as dt
     from decimal import Decimal
 
@@ -73,7 +78,7 @@ def prepare() -> None:
     now = timezone.now() - dt.timedelta(minutes=1)
     staff = user_create(email="staff@soak.bench", password=uuid.uuid4().hex)
     orgs = []
-    for i in range(N_ORGS):
+    for i in range(n_orgs):
         slug = f"soak-{i:02d}"
         org = organization_create(name=slug, slug=slug, now=now)
         Organization.objects.filter(pk=org.pk).update(subscription_tier=PlanTier.PRO)
@@ -90,7 +95,7 @@ def prepare() -> None:
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.create()
         orgs.append({"id": str(org.pk), "slug": slug, "session": session.session_key})
-    print(json.dumps({"orgs": orgs}))
+    return {"orgs": orgs}
 
 
 def webhook_state() -> None:
@@ -157,7 +162,9 @@ class Client:
         return 599, b""
 
 
-def run_load(base: str, orgs: list[dict], stats: Stats, stop_at: float) -> None:
+def run_load(base: str, orgs: list[dict], stats: Stats, stop_at: float, clients: dict[str, int] | None = None) -> None:
+    """Every kind of client of `clients` (default CLIENTS) at once until `stop_at` (time.monotonic())."""
+    clients = CLIENTS if clients is None else clients
     api_headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     host = urlparse(base).netloc
     seq = itertools.count()
@@ -207,11 +214,29 @@ def run_load(base: str, orgs: list[dict], stats: Stats, stop_at: float) -> None:
             stats.add(kind, time.monotonic() - started, status, data)
 
     threads = [threading.Thread(target=loop, args=(kind, i), daemon=True)
-               for kind, count in CLIENTS.items() for i in range(count)]
+               for kind, count in clients.items() for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=SECONDS + 60)
+        t.join(timeout=max(0.0, stop_at - time.monotonic()) + 60)
+
+
+def print_figures(stats: Stats, elapsed: float) -> int:
+    """Prints requests, throughput, p50/p99 and answers per kind; returns the number of 5xx answers."""
+    print(f"{'kind':<10} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  answers")
+    total_5xx = 0
+    for kind in CLIENTS:
+        lat = stats.latency[kind]
+        answers = dict(sorted(stats.status[kind].items()))
+        total_5xx += sum(n for s, n in answers.items() if s >= 500)
+        print(f"{kind:<10} {len(lat):>8} {len(lat) / elapsed:>8.1f} {_pct(lat, 50) * 1000:>8.1f} "
+              f"{_pct(lat, 99) * 1000:>8.1f}  {answers}")
+        for sample in stats.samples[kind]:
+            print(f"   5xx sample: {sample}")
+    all_lat = [x for v in stats.latency.values() for x in v]
+    print(f"{'all':<10} {len(all_lat):>8} {len(all_lat) / elapsed:>8.1f} {_pct(all_lat, 50) * 1000:>8.1f} "
+          f"{_pct(all_lat, 99) * 1000:>8.1f}")
+    return total_5xx
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,19 +316,7 @@ def main() -> int:
         started = time.monotonic()
         run_load(base, prep["orgs"], stats, started + SECONDS)
         elapsed = time.monotonic() - started
-        print(f"{'kind':<10} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  answers")
-        total_5xx = 0
-        for kind in CLIENTS:
-            lat = stats.latency[kind]
-            answers = dict(sorted(stats.status[kind].items()))
-            total_5xx += sum(n for s, n in answers.items() if s >= 500)
-            print(f"{kind:<10} {len(lat):>8} {len(lat) / elapsed:>8.1f} {_pct(lat, 50) * 1000:>8.1f} "
-                  f"{_pct(lat, 99) * 1000:>8.1f}  {answers}")
-            for sample in stats.samples[kind]:
-                print(f"   5xx sample: {sample}")
-        all_lat = [x for v in stats.latency.values() for x in v]
-        print(f"{'all':<10} {len(all_lat):>8} {len(all_lat) / elapsed:>8.1f} {_pct(all_lat, 50) * 1000:>8.1f} "
-              f"{_pct(all_lat, 99) * 1000:>8.1f}")
+        total_5xx = print_figures(stats, elapsed)
 
         def webhooks_done() -> bool:
             state = json.loads(subprocess.run([PY, __file__, "webhook-state"], cwd=ROOT, env=env, check=True,

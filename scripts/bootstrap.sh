@@ -4,13 +4,17 @@
 # requirements.txt (re-installed only when requirements.txt changes).
 #   scripts/bootstrap.sh run    -> build deps for mysqlclient only
 #   scripts/bootstrap.sh test   -> + MariaDB, Redis, Chromium for the test suite
+#   scripts/bootstrap.sh dates  -> + faketime (libfaketime) and gcc for `make test-dates`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
 
 pkgs=(libmariadb-dev pkg-config)
-if [ "$mode" = "test" ]; then
+if [ "$mode" = "test" ] || [ "$mode" = "dates" ]; then
   pkgs+=(mariadb-server redis-server chromium)
+fi
+if [ "$mode" = "dates" ]; then
+  pkgs+=(faketime gcc libc6-dev)  # gcc: scripts/faketime-waits.c
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -4,9 +4,12 @@
 #   scripts/services.sh start   # idempotent; prints the env lines to use
 #   scripts/services.sh stop
 #   scripts/services.sh env     # prints DATABASE_URL / REDIS_URL
+# Env: SERVICES_DIR (.local/services), TEST_MARIADB_PORT (33061), TEST_REDIS_PORT (63791): a second
+# set of services (e.g. `make test-dates`) runs beside the first with its own dir and ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$PWD/.local/services"
+ROOT="${SERVICES_DIR:-$PWD/.local/services}"
+case "$ROOT" in /*) ;; *) ROOT="$PWD/$ROOT" ;; esac
 MDB_PORT="${TEST_MARIADB_PORT:-33061}"
 REDIS_PORT="${TEST_REDIS_PORT:-63791}"
 MDB_DIR="$ROOT/mariadb"
@@ -65,9 +68,12 @@ SQL
 start_redis() {
   if alive "$REDIS_PID"; then return 0; fi
   mkdir -p "$ROOT"
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+  # Debian's redis links jemalloc, which deadlocks in libfaketime's start-up (wolfcw/libfaketime#130):
+  # under `make test-dates` (LD_PRELOAD=libfaketime) Redis alone keeps the real clock. The app only
+  # gives Redis relative TTLs, so its clock does not reach billing.
+  env -u LD_PRELOAD redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
     --daemonize yes --pidfile "$REDIS_PID" --logfile "$ROOT/redis.log" --dir "$ROOT"
-  if ! wait_for 10 redis-cli -p "$REDIS_PORT" ping; then
+  if ! wait_for 10 env -u LD_PRELOAD redis-cli -p "$REDIS_PORT" ping; then
     echo "Redis did not start; see $ROOT/redis.log" >&2; exit 1
   fi
 }

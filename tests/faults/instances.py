@@ -34,9 +34,17 @@ def poll(predicate: Callable[[], object], *, timeout: float, message: str, inter
     return wait_until(predicate, timeout=timeout, message=message, interval=interval)
 
 
-def _quiet(cmd: list[str], timeout: float = 10) -> bool:
+def _real_clock_env() -> dict[str, str]:
+    """This environment without libfaketime: Debian's redis links jemalloc, which deadlocks in
+    libfaketime's start-up (wolfcw/libfaketime#130), so under `make test-dates` Redis keeps the real
+    clock (as in scripts/services.sh)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
+def _quiet(cmd: list[str], timeout: float = 10, env: dict[str, str] | None = None) -> bool:
     try:
-        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode == 0
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
+                              env=env).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -143,7 +151,7 @@ class PrivateRedis:
         return self.proc is not None and self.proc.poll() is None
 
     def ping(self) -> bool:
-        return _quiet(["redis-cli", "-p", str(self.port), "ping"], timeout=5)
+        return _quiet(["redis-cli", "-p", str(self.port), "ping"], timeout=5, env=_real_clock_env())
 
     def start(self, timeout: float = 20) -> None:
         if self.alive():
@@ -152,7 +160,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
              "--dir", str(self.root), "--logfile", str(self.root / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=_real_clock_env())
         poll(lambda: (not self.alive()) or self.ping(), timeout=timeout, message="private Redis")
         if not self.alive():
             raise RuntimeError("private Redis exited at start")
