@@ -20,6 +20,7 @@ from .services.balance import (
     buffer_actions,
     next_paid_from,
 )
+from .services.balance_rules import usage_warning
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,10 @@ def balance_status(*, organization_id: Any, now: dt.datetime) -> BalanceStatus:
 def _tier_warning(*, used: int, included: int, overage: int, topup_in_use: bool) -> str | None:
     if overage > 0:
         return Warning_.BUFFER
-    if included and used >= included:
-        return Warning_.TOPUP if topup_in_use else Warning_.P100
-    if included and used * 100 >= 80 * included:
-        return Warning_.P80
-    return None
+    warning = usage_warning(used=used, included=included)
+    if warning == Warning_.P100 and topup_in_use:
+        return Warning_.TOPUP
+    return warning
 
 
 @dataclass(frozen=True)
