@@ -1,4 +1,4 @@
-"""The plan catalog: the one place the money facts of ../shared/DESIGN.md live in code.
+"""The plan catalog: the one place the money facts live in code (docs/billing-rules.md states them).
 
 Money is integer cents (`*_cents`); credits are exact `Decimal`s with two places. No floats.
 """

@@ -1,4 +1,4 @@
-"""The usage API for the orchestrator (../shared/DESIGN.md "Interfaces"). Thin: authenticate,
+"""The usage API for the orchestrator (README "Interfaces"). Thin: authenticate,
 parse, one service call; billing_project.api.json_api turns AppErrors into their status + code.
 
 Auth: `Authorization: Bearer <token>`, the token being ORCHESTRATOR_SERVICE_TOKEN (constant-time
