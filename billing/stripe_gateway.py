@@ -8,9 +8,11 @@
   AUTHENTICATION_REQUIRED, STRIPE_INVALID_REQUEST, STRIPE_NOT_FOUND, STRIPE_IDEMPOTENCY_ERROR,
   STRIPE_RATE_LIMITED, STRIPE_UNAVAILABLE, STRIPE_AUTH_ERROR, STRIPE_PERMISSION_ERROR,
   STRIPE_SIGNATURE_INVALID, STRIPE_API_VERSION_MISMATCH, STRIPE_NOT_CONFIGURED).
-- Callers never touch stripe objects: what callers decide on comes typed (billing.stripe_payloads'
-  `PaymentIntent`, `CheckoutSession`; subscription calls a `SubscriptionSnapshot`: the object + Stripe's
-  time of the answer), each keeping Stripe's whole answer in `obj`; the other calls return plain dicts.
+- Callers never touch stripe objects: every call returns typed frozen dataclasses (billing.stripe_payloads'
+  `Customer`, `PaymentMethod`, `Product`, `Price`, `CheckoutSession`, `PortalSession`,
+  `PortalConfiguration`, `Invoice`, `PaymentIntent`; subscription calls a `SubscriptionSnapshot`: the
+  object + Stripe's time of the answer), each keeping Stripe's whole answer in `obj`. Only
+  `webhook_construct_event` returns a plain dict: the verified event, stored as it came.
 - Every mutating call takes an `idempotency_key` (derive it from your own intent row).
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ from django.conf import settings
 from billing_project.api import json_loads_strict
 
 from .errors import BillingError
-from .stripe_payloads import CheckoutSession, PaymentIntent, stripe_id
+from .stripe_payloads import (CheckoutSession, Customer, Invoice, PaymentError, PaymentIntent, PaymentMethod,
+                              PortalConfiguration, PortalSession, Price, Product, stripe_id)
 
 logger = logging.getLogger("billing.stripe")
 
@@ -160,68 +163,72 @@ def _require_key(idempotency_key: str) -> str:
 
 # --- customers ------------------------------------------------------------------------------------
 def customer_create(*, email: str | None, name: str | None, metadata: dict[str, str],
-                    idempotency_key: str) -> dict[str, Any]:
+                    idempotency_key: str) -> Customer:
     params: dict[str, Any] = {"metadata": metadata}
     if email:
         params["email"] = email
     if name:
         params["name"] = name
-    return _call("customer_create", get_client().v1.customers.create, params=params,
-                 options=_opts(_require_key(idempotency_key)))
+    return Customer.from_stripe(_call("customer_create", get_client().v1.customers.create, params=params,
+                                      options=_opts(_require_key(idempotency_key))))
 
 
-def customer_retrieve(customer_id: str) -> dict[str, Any]:
-    return _call("customer_retrieve", get_client().v1.customers.retrieve, customer_id)
+def customer_retrieve(customer_id: str) -> Customer:
+    return Customer.from_stripe(_call("customer_retrieve", get_client().v1.customers.retrieve, customer_id))
 
 
 # --- payment methods ------------------------------------------------------------------------------
-def payment_method_list(*, customer_id: str, limit: int = 10) -> list[dict[str, Any]]:
-    return _call("payment_method_list", get_client().v1.payment_methods.list,
-                 params={"customer": customer_id, "type": "card", "limit": limit})["data"]
+def payment_method_list(*, customer_id: str, limit: int = 10) -> list[PaymentMethod]:
+    return [PaymentMethod.from_stripe(pm) for pm in _call(
+        "payment_method_list", get_client().v1.payment_methods.list,
+        params={"customer": customer_id, "type": "card", "limit": limit})["data"]]
 
 
-def payment_method_default(*, customer_id: str) -> dict[str, Any] | None:
+def payment_method_default(*, customer_id: str) -> PaymentMethod | None:
     """The card an off-session charge should use: the customer's invoice default, else their
     newest attached card, else None."""
     customer = customer_retrieve(customer_id)
-    default = (customer.get("invoice_settings") or {}).get("default_payment_method")
+    default = (customer.obj.get("invoice_settings") or {}).get("default_payment_method")
     if isinstance(default, dict):
-        return default
+        return PaymentMethod.from_stripe(default)
     methods = payment_method_list(customer_id=customer_id)
-    if default:
+    if customer.default_payment_method_id:
         for pm in methods:
-            if pm["id"] == default:
+            if pm.id == customer.default_payment_method_id:
                 return pm
-        return _call("payment_method_retrieve", get_client().v1.payment_methods.retrieve, default)
+        return PaymentMethod.from_stripe(_call("payment_method_retrieve", get_client().v1.payment_methods.retrieve,
+                                               customer.default_payment_method_id))
     return methods[0] if methods else None
 
 
 # --- products and prices --------------------------------------------------------------------------
-def price_by_lookup_key(lookup_key: str) -> dict[str, Any] | None:
+def price_by_lookup_key(lookup_key: str) -> Price | None:
     data = _call("price_by_lookup_key", get_client().v1.prices.list,
                  params={"lookup_keys": [lookup_key], "active": True, "limit": 1})["data"]
-    return data[0] if data else None
+    return Price.from_stripe(data[0]) if data else None
 
 
-def prices_by_lookup_keys(lookup_keys: list[str]) -> dict[str, dict[str, Any]]:
+def prices_by_lookup_keys(lookup_keys: list[str]) -> dict[str, Price]:
+    """The active prices carrying these lookup keys, by lookup key."""
     data = _call("prices_by_lookup_keys", get_client().v1.prices.list,
                  params={"lookup_keys": list(lookup_keys), "active": True, "limit": 100})["data"]
-    return {p["lookup_key"]: p for p in data}
+    return {p["lookup_key"]: Price.from_stripe(p) for p in data}
 
 
-def product_create(*, name: str, metadata: dict[str, str], idempotency_key: str) -> dict[str, Any]:
-    return _call("product_create", get_client().v1.products.create, params={"name": name, "metadata": metadata},
-                 options=_opts(_require_key(idempotency_key)))
+def product_create(*, name: str, metadata: dict[str, str], idempotency_key: str) -> Product:
+    return Product.from_stripe(_call("product_create", get_client().v1.products.create,
+                                     params={"name": name, "metadata": metadata},
+                                     options=_opts(_require_key(idempotency_key))))
 
 
 def price_create(*, product_id: str, unit_amount_cents: int, currency: str, lookup_key: str,
-                 recurring_interval: str | None, metadata: dict[str, str], idempotency_key: str) -> dict[str, Any]:
+                 recurring_interval: str | None, metadata: dict[str, str], idempotency_key: str) -> Price:
     params: dict[str, Any] = {"product": product_id, "unit_amount": unit_amount_cents, "currency": currency,
                               "lookup_key": lookup_key, "transfer_lookup_key": True, "metadata": metadata}
     if recurring_interval:
         params["recurring"] = {"interval": recurring_interval}
-    return _call("price_create", get_client().v1.prices.create, params=params,
-                 options=_opts(_require_key(idempotency_key)))
+    return Price.from_stripe(_call("price_create", get_client().v1.prices.create, params=params,
+                                   options=_opts(_require_key(idempotency_key))))
 
 
 # --- checkout and portal --------------------------------------------------------------------------
@@ -258,49 +265,54 @@ def checkout_session_create(*, mode: str, customer_id: str | None, price_id: str
                                              params=params, options=_opts(_require_key(idempotency_key))))
 
 
-def checkout_session_list(*, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+def checkout_session_list(*, customer_id: str, limit: int = 20) -> list[CheckoutSession]:
     """The customer's Checkout Sessions, newest first (does a checkout of ours link this customer?)."""
-    return _call("checkout_session_list", get_client().v1.checkout.sessions.list,
-                 params={"customer": customer_id, "limit": limit})["data"]
+    return [CheckoutSession.from_stripe(cs) for cs in _call(
+        "checkout_session_list", get_client().v1.checkout.sessions.list,
+        params={"customer": customer_id, "limit": limit})["data"]]
 
 
-def checkout_session_retrieve(session_id: str, *, expand: list[str] | None = None) -> dict[str, Any]:
-    return _call("checkout_session_retrieve", get_client().v1.checkout.sessions.retrieve, session_id,
-                 params={"expand": expand} if expand else None)
+def checkout_session_retrieve(session_id: str, *, expand: list[str] | None = None) -> CheckoutSession:
+    """The session (typed; linked objects as ids — an expanded one stays whole in `obj`)."""
+    return CheckoutSession.from_stripe(_call("checkout_session_retrieve", get_client().v1.checkout.sessions.retrieve,
+                                             session_id, params={"expand": expand} if expand else None))
 
 
-def checkout_session_expire(*, session_id: str, idempotency_key: str) -> dict[str, Any]:
+def checkout_session_expire(*, session_id: str, idempotency_key: str) -> CheckoutSession:
     """Expire an open Checkout Session so it can no longer be completed. Stripe answers 400 for a
     session that is not open (complete / already expired): read it back to tell which."""
-    return _call("checkout_session_expire", get_client().v1.checkout.sessions.expire, session_id,
-                 options=_opts(_require_key(idempotency_key)))
+    return CheckoutSession.from_stripe(_call("checkout_session_expire", get_client().v1.checkout.sessions.expire,
+                                             session_id, options=_opts(_require_key(idempotency_key))))
 
 
 def billing_portal_session_create(*, customer_id: str, return_url: str, idempotency_key: str,
-                                  configuration: str | None = None) -> dict[str, Any]:
+                                  configuration: str | None = None) -> PortalSession:
     """A portal session; `configuration` (bpc_…) says what the customer may do there (without it,
     Stripe uses the account's default configuration)."""
     params: dict[str, Any] = {"customer": customer_id, "return_url": return_url}
     if configuration:
         params["configuration"] = configuration
-    return _call("billing_portal_session_create", get_client().v1.billing_portal.sessions.create,
-                 params=params, options=_opts(_require_key(idempotency_key)))
+    return PortalSession.from_stripe(_call("billing_portal_session_create",
+                                           get_client().v1.billing_portal.sessions.create,
+                                           params=params, options=_opts(_require_key(idempotency_key))))
 
 
 def billing_portal_configuration_create(*, features: dict[str, Any], metadata: dict[str, str],
                                         idempotency_key: str,
-                                        business_profile: dict[str, Any] | None = None) -> dict[str, Any]:
+                                        business_profile: dict[str, Any] | None = None) -> PortalConfiguration:
     params: dict[str, Any] = {"features": features, "metadata": metadata}
     if business_profile:
         params["business_profile"] = business_profile
-    return _call("billing_portal_configuration_create", get_client().v1.billing_portal.configurations.create,
-                 params=params, options=_opts(_require_key(idempotency_key)))
+    return PortalConfiguration.from_stripe(_call(
+        "billing_portal_configuration_create", get_client().v1.billing_portal.configurations.create,
+        params=params, options=_opts(_require_key(idempotency_key))))
 
 
-def billing_portal_configuration_list(*, active: bool = True, limit: int = 100) -> list[dict[str, Any]]:
+def billing_portal_configuration_list(*, active: bool = True, limit: int = 100) -> list[PortalConfiguration]:
     """The account's portal configurations (Stripe cannot filter by metadata: callers do)."""
-    return _call("billing_portal_configuration_list", get_client().v1.billing_portal.configurations.list,
-                 params={"active": active, "limit": limit})["data"]
+    return [PortalConfiguration.from_stripe(conf) for conf in _call(
+        "billing_portal_configuration_list", get_client().v1.billing_portal.configurations.list,
+        params={"active": active, "limit": limit})["data"]]
 
 
 # --- subscriptions --------------------------------------------------------------------------------
@@ -392,29 +404,24 @@ def subscription_upgrade_price(*, subscription_id: str, price_id: str,
 
 def _pending_reason(sub: dict[str, Any], *, expires_at: int | None) -> PendingUpgrade:
     invoice_id = stripe_id(sub.get("latest_invoice"))
-    invoice = invoice_retrieve(invoice_id) if invoice_id else {}
+    invoice = invoice_retrieve(invoice_id) if invoice_id else None
     code, message = "CARD_DECLINED", "the card was declined; pay the invoice with another card"
-    payments = ((invoice.get("payments") or {}).get("data") or [])
-    pi_id = None
-    for payment in reversed(payments):
-        pi_id = stripe_id((payment.get("payment") or {}).get("payment_intent"))
-        if pi_id:
-            break
+    pi_id = invoice.payment_intent_ids[-1] if invoice and invoice.payment_intent_ids else None
     if pi_id:
         pi = payment_intent_retrieve(pi_id)
-        last = pi.get("last_payment_error") or {}
-        decline = last.get("decline_code") or last.get("code")
-        if pi.get("status") == "requires_action" or decline == "authentication_required":
+        last = pi.last_error or PaymentError()
+        decline = last.decline_code or last.code
+        if pi.status == "requires_action" or decline == "authentication_required":
             code = "AUTHENTICATION_REQUIRED"
             message = "the card needs authentication by its holder: finish the payment on the invoice page"
         else:
             code = _DECLINE_CODES.get(decline or "", "CARD_DECLINED")
-            message = last.get("message") or message
-    elif not payments and invoice.get("status") == "open":
+            message = last.message or message
+    elif invoice is not None and not invoice.payment_count and invoice.status == "open":
         code, message = "NO_PAYMENT_METHOD", "no card on file to pay the upgrade"
     return PendingUpgrade(code=code, message=message, invoice_id=invoice_id or "",
-                          hosted_invoice_url=invoice.get("hosted_invoice_url") or "",
-                          amount_due_cents=int(invoice.get("amount_due") or 0), expires_at=expires_at)
+                          hosted_invoice_url=(invoice.hosted_invoice_url if invoice else None) or "",
+                          amount_due_cents=invoice.amount_due_cents if invoice else 0, expires_at=expires_at)
 
 
 def subscription_cancel(*, subscription_id: str, idempotency_key: str,
@@ -445,8 +452,8 @@ def subscription_resume(*, subscription_id: str, idempotency_key: str) -> Subscr
 
 
 # --- invoices -------------------------------------------------------------------------------------
-def invoice_retrieve(invoice_id: str) -> dict[str, Any]:
-    return _call("invoice_retrieve", get_client().v1.invoices.retrieve, invoice_id)
+def invoice_retrieve(invoice_id: str) -> Invoice:
+    return Invoice.from_stripe(_call("invoice_retrieve", get_client().v1.invoices.retrieve, invoice_id))
 
 
 # --- payment intents ------------------------------------------------------------------------------
@@ -463,7 +470,7 @@ def payment_intent_create_off_session(*, customer_id: str, amount_cents: int, me
         pm = payment_method_default(customer_id=customer_id)
         if pm is None:
             raise StripeCardError("no saved card to charge", code="NO_PAYMENT_METHOD")
-        payment_method_id = pm["id"]
+        payment_method_id = pm.id
     params: dict[str, Any] = {"amount": amount_cents, "currency": currency, "customer": customer_id,
                               "payment_method": payment_method_id, "off_session": True, "confirm": True,
                               "metadata": metadata}
@@ -489,8 +496,9 @@ def _check_payment_intent(pi: dict[str, Any]) -> dict[str, Any]:
     return pi
 
 
-def payment_intent_retrieve(payment_intent_id: str) -> dict[str, Any]:
-    return _call("payment_intent_retrieve", get_client().v1.payment_intents.retrieve, payment_intent_id)
+def payment_intent_retrieve(payment_intent_id: str) -> PaymentIntent:
+    return PaymentIntent.from_stripe(_call("payment_intent_retrieve", get_client().v1.payment_intents.retrieve,
+                                           payment_intent_id))
 
 
 # --- events and webhooks --------------------------------------------------------------------------

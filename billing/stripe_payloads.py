@@ -1,6 +1,7 @@
 """Reading Stripe payloads: ids, timestamps, our ISO dates, and the typed objects callers decide on
-(PaymentIntent, CheckoutSession). Pure (no Django, no `stripe`), shared by the gateway, the services
-(webhook payloads) and reconcile."""
+(PaymentIntent, CheckoutSession, Customer, PaymentMethod, Product, Price, PortalSession,
+PortalConfiguration, Invoice; each keeps Stripe's whole answer in `obj`). Pure (no Django, no
+`stripe`), shared by the gateway, the services (webhook payloads) and reconcile."""
 from __future__ import annotations
 
 import datetime as dt
@@ -84,3 +85,116 @@ class CheckoutSession:
                    invoice_id=stripe_id(obj.get("invoice")), customer_id=stripe_id(obj.get("customer")),
                    subscription_id=stripe_id(obj.get("subscription")), expires_at=stripe_ts(obj.get("expires_at")),
                    metadata=dict(obj.get("metadata") or {}), obj=obj)
+
+
+@dataclass(frozen=True)
+class Customer:
+    """A Customer; `default_payment_method_id` is its invoice default (expanded or not), if any."""
+    id: str | None
+    email: str | None
+    name: str | None
+    metadata: dict[str, str]
+    default_payment_method_id: str | None
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> Customer:
+        return cls(id=stripe_id(obj), email=obj.get("email"), name=obj.get("name"),
+                   metadata=dict(obj.get("metadata") or {}), default_payment_method_id=stripe_id(
+                       (obj.get("invoice_settings") or {}).get("default_payment_method")), obj=obj)
+
+
+@dataclass(frozen=True)
+class PaymentMethod:
+    """A (card) PaymentMethod."""
+    id: str | None
+    customer_id: str | None
+    card_brand: str | None
+    card_last4: str | None
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> PaymentMethod:
+        card = obj.get("card") or {}
+        return cls(id=stripe_id(obj), customer_id=stripe_id(obj.get("customer")), card_brand=card.get("brand"),
+                   card_last4=card.get("last4"), obj=obj)
+
+
+@dataclass(frozen=True)
+class Product:
+    id: str | None
+    name: str | None
+    metadata: dict[str, str]
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> Product:
+        return cls(id=stripe_id(obj), name=obj.get("name"), metadata=dict(obj.get("metadata") or {}), obj=obj)
+
+
+@dataclass(frozen=True)
+class Price:
+    """A Price; `recurring_interval` is None for a one-time price (credit packs)."""
+    id: str | None
+    lookup_key: str | None
+    product_id: str | None
+    unit_amount_cents: int | None
+    currency: str | None
+    recurring_interval: str | None   # month | year | … | None
+    active: bool
+    metadata: dict[str, str]
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> Price:
+        return cls(id=stripe_id(obj), lookup_key=obj.get("lookup_key"), product_id=stripe_id(obj.get("product")),
+                   unit_amount_cents=obj.get("unit_amount"), currency=obj.get("currency"),
+                   recurring_interval=(obj.get("recurring") or {}).get("interval"),
+                   active=bool(obj.get("active", True)), metadata=dict(obj.get("metadata") or {}), obj=obj)
+
+
+@dataclass(frozen=True)
+class PortalSession:
+    """A billing portal session: where to send the customer."""
+    id: str | None
+    url: str | None
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> PortalSession:
+        return cls(id=stripe_id(obj), url=obj.get("url"), obj=obj)
+
+
+@dataclass(frozen=True)
+class PortalConfiguration:
+    """A billing portal configuration (what customers may do in the portal)."""
+    id: str | None
+    active: bool
+    metadata: dict[str, str]
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> PortalConfiguration:
+        return cls(id=stripe_id(obj), active=bool(obj.get("active", True)), metadata=dict(obj.get("metadata") or {}),
+                   obj=obj)
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """An Invoice; `payment_count` is how many payments it lists, `payment_intent_ids` their
+    PaymentIntents (oldest first; a payment without one is left out)."""
+    id: str | None
+    status: str | None           # draft | open | paid | void | uncollectible
+    amount_due_cents: int
+    hosted_invoice_url: str | None
+    payment_count: int
+    payment_intent_ids: tuple[str, ...]
+    obj: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_stripe(cls, obj: dict[str, Any]) -> Invoice:
+        payments = (obj.get("payments") or {}).get("data") or []
+        pi_ids = tuple(pi for pi in (stripe_id((p.get("payment") or {}).get("payment_intent")) for p in payments) if pi)
+        return cls(id=stripe_id(obj), status=obj.get("status"), amount_due_cents=int(obj.get("amount_due") or 0),
+                   hosted_invoice_url=obj.get("hosted_invoice_url"), payment_count=len(payments),
+                   payment_intent_ids=pi_ids, obj=obj)

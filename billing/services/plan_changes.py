@@ -27,7 +27,7 @@ from ..models.checkout_intents import CheckoutIntent, CheckoutIntentStatus
 from ..models.invoices import Invoice, InvoiceStatus
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES, Subscription
 from ..plans import CURRENCY, PAID_PLAN_TIERS, PLANS, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, TRIAL_DAYS
-from ..stripe_payloads import stripe_ts
+from ..stripe_payloads import PortalConfiguration, stripe_ts
 from .subscription_sync import subscription_sync
 
 logger = logging.getLogger("billing.checkout")
@@ -58,21 +58,20 @@ def stripe_prices_ensure() -> dict[str, str]:
     result: dict[str, str] = {}
     for item in catalog():
         price = existing.get(item.lookup_key)
-        interval = ((price or {}).get("recurring") or {}).get("interval")
-        if price and price["unit_amount"] == item.unit_amount_cents and interval == item.recurring_interval \
-                and price["currency"] == CURRENCY:
-            result[item.setting] = price["id"]
+        if price and price.unit_amount_cents == item.unit_amount_cents \
+                and price.recurring_interval == item.recurring_interval and price.currency == CURRENCY:
+            result[item.setting] = price.id
             continue
         version = f"{item.lookup_key}:{item.unit_amount_cents}:{item.recurring_interval or 'once'}"
-        product_id = price["product"] if price else stripe_gateway.product_create(
+        product_id = price.product_id if price else stripe_gateway.product_create(
             name=item.product_name, metadata={"lookup_key": item.lookup_key},
-            idempotency_key=f"stripe_setup:product:{version}")["id"]
+            idempotency_key=f"stripe_setup:product:{version}").id
         created = stripe_gateway.price_create(
             product_id=product_id, unit_amount_cents=item.unit_amount_cents, currency=CURRENCY,
             lookup_key=item.lookup_key, recurring_interval=item.recurring_interval,
             metadata={"lookup_key": item.lookup_key}, idempotency_key=f"stripe_setup:price:{version}")
-        logger.info("stripe_setup created %s = %s", item.setting, created["id"])
-        result[item.setting] = created["id"]
+        logger.info("stripe_setup created %s = %s", item.setting, created.id)
+        result[item.setting] = created.id
     return result
 
 
@@ -91,9 +90,8 @@ PORTAL_FEATURES: dict[str, Any] = {
 }
 
 
-def _portal_configuration_is_ours(conf: dict[str, Any]) -> bool:
-    meta = conf.get("metadata") or {}
-    return conf.get("active", True) and all(meta.get(k) == v for k, v in PORTAL_CONFIGURATION_METADATA.items())
+def _portal_configuration_is_ours(conf: PortalConfiguration) -> bool:
+    return conf.active and all(conf.metadata.get(k) == v for k, v in PORTAL_CONFIGURATION_METADATA.items())
 
 
 def stripe_portal_configuration_find() -> str | None:
@@ -102,7 +100,7 @@ def stripe_portal_configuration_find() -> str | None:
         return settings.STRIPE_PORTAL_CONFIGURATION
     for conf in stripe_gateway.billing_portal_configuration_list():
         if _portal_configuration_is_ours(conf):
-            return conf["id"]
+            return conf.id
     return None
 
 
@@ -110,12 +108,12 @@ def stripe_portal_configuration_ensure() -> str:
     """Find (by metadata) or create the portal configuration; returns its id (stripe_setup, test setup)."""
     for conf in stripe_gateway.billing_portal_configuration_list():
         if _portal_configuration_is_ours(conf):
-            return conf["id"]
+            return conf.id
     created = stripe_gateway.billing_portal_configuration_create(
         features=PORTAL_FEATURES, metadata=dict(PORTAL_CONFIGURATION_METADATA),
         idempotency_key=f"stripe_setup:portal_configuration:{PORTAL_CONFIGURATION_METADATA['portal_configuration']}")
-    logger.info("stripe_setup created STRIPE_PORTAL_CONFIGURATION = %s", created["id"])
-    return created["id"]
+    logger.info("stripe_setup created STRIPE_PORTAL_CONFIGURATION = %s", created.id)
+    return created.id
 
 
 def price_id_for_tier(plan_tier: str) -> str:
@@ -129,7 +127,7 @@ def price_id_for_tier(plan_tier: str) -> str:
     if price is None:
         raise BillingError(f"{setting} is not configured; run manage.py stripe_setup", code="PRICE_NOT_CONFIGURED",
                            http_status=503)
-    return price["id"]
+    return price.id
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -160,11 +158,11 @@ def stripe_customer_ensure(*, organization, email: str | None, now: dt.datetime)
         email=email, name=organization.name, metadata={"orgId": str(organization.pk), "orgSlug": organization.slug},
         idempotency_key=f"customer:org:{organization.pk}")
     Organization.objects.filter(pk=organization.pk, stripe_customer_id__isnull=True) \
-        .update(stripe_customer_id=customer["id"])
+        .update(stripe_customer_id=customer.id)
     organization.refresh_from_db(fields=["stripe_customer_id"])
-    if organization.stripe_customer_id != customer["id"]:
+    if organization.stripe_customer_id != customer.id:
         logger.warning("org %s already had customer %s; created %s unused", organization.pk,
-                       organization.stripe_customer_id, customer["id"])
+                       organization.stripe_customer_id, customer.id)
     return organization.stripe_customer_id
 
 
@@ -206,7 +204,7 @@ def checkout_session_expire_at_stripe(*, intent: CheckoutIntent) -> None:
     except BillingError as exc:
         if exc.code != "STRIPE_INVALID_REQUEST":
             raise
-        state = stripe_gateway.checkout_session_retrieve(session_id).get("status")
+        state = stripe_gateway.checkout_session_retrieve(session_id).status
         if state == "complete":
             raise Conflict("the organization already completed a checkout; its subscription is being set up",
                            code="ALREADY_SUBSCRIBED") from exc
@@ -338,7 +336,7 @@ def billing_portal_open(*, organization, now: dt.datetime, return_url: str | Non
     session = stripe_gateway.billing_portal_session_create(
         customer_id=organization.stripe_customer_id, return_url=return_url or f"{base}/settings/billing",
         configuration=configuration, idempotency_key=f"portal:org:{organization.pk}:{_minute(now)}:{configuration}")
-    return {"url": session["url"]}
+    return {"url": session.url}
 
 
 def _live_or_conflict(organization) -> Subscription:

@@ -270,13 +270,13 @@ def _not_ours_unless_pending(*, what: str, customer_id: str | None) -> NoReturn:
             raise BillingError(f"no organization for {what} (customer {customer_id}); its checkout sessions "
                                f"could not be checked: {exc.code}", code="ORG_NOT_FOUND", http_status=404) from exc
         for session in sessions:
-            if session.get("status") not in ("open", "complete"):
+            if session.status not in ("open", "complete"):
                 continue
-            ours = (CheckoutIntent.objects.filter(stripe_checkout_session_id=session.get("id")).exists()
-                    or organization_id_for_stripe(metadata=session.get("metadata"), customer_id=None) is not None)
+            ours = (CheckoutIntent.objects.filter(stripe_checkout_session_id=session.id).exists()
+                    or organization_id_for_stripe(metadata=session.metadata, customer_id=None) is not None)
             if ours:
                 raise BillingError(f"no organization for {what} yet: customer {customer_id} has our checkout "
-                                   f"session {session.get('id')} ({session.get('status')}), which links it",
+                                   f"session {session.id} ({session.status}), which links it",
                                    code="ORG_NOT_FOUND", http_status=404)
     raise WebhookNotOurs(f"not ours: no organization for {what} (customer {customer_id or '-'} is none of our "
                          f"orgs' and has no checkout session of ours)")

@@ -64,4 +64,4 @@ def replace_card(org, card: str) -> None:
     org.refresh_from_db()
     portal = gw.billing_portal_session_create(customer_id=org.stripe_customer_id, return_url="http://app.test/",
                                               idempotency_key=f"t-portal-{card}")
-    assert post_form(f"{portal['url']}/card", {"card_number": card}) == 200
+    assert post_form(f"{portal.url}/card", {"card_number": card}) == 200

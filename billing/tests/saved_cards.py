@@ -47,13 +47,13 @@ def customer_with_card(org, card: str) -> str:
     n = next(_seq)
     cus = stripe_gateway.customer_create(email=f"billing{n}@example.test", name=org.name,
                                          metadata={"orgId": str(org.pk)}, idempotency_key=f"topup-test-cus:{org.pk}")
-    pm = stripe_calls.payment_method_attach(payment_method_id=CARDS[card], customer_id=cus["id"],
+    pm = stripe_calls.payment_method_attach(payment_method_id=CARDS[card], customer_id=cus.id,
                                               idempotency_key=f"topup-test-pm:{org.pk}")
-    stripe_calls.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=pm["id"],
+    stripe_calls.customer_set_default_payment_method(customer_id=cus.id, payment_method_id=pm["id"],
                                                        idempotency_key=f"topup-test-default:{org.pk}")
-    org.stripe_customer_id = cus["id"]
+    org.stripe_customer_id = cus.id
     org.save(update_fields=["stripe_customer_id"])
-    return cus["id"]
+    return cus.id
 
 
 def topup_purchased(org) -> Decimal:

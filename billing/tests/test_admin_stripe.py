@@ -27,7 +27,7 @@ def subscribed(client, stripe_settings):
     assert resp.status_code == 200, resp.content
     session_id = resp.json()["sessionId"]
     stripe_settings.sim.complete_checkout(session_id)
-    sub_id = gw.checkout_session_retrieve(session_id)["subscription"]
+    sub_id = gw.checkout_session_retrieve(session_id).subscription_id
     from billing.services.subscription_sync import subscription_sync
 
     subscription_sync(stripe_subscription=gw.subscription_retrieve(sub_id), now=timezone.now())

@@ -36,7 +36,7 @@ def _subscribe(client, membership, sim, *, tier="pro", card=""):
                                                                    "planTier": tier})
     assert status == 200, body
     sim.complete_checkout(body["sessionId"], card=card)
-    sub_id = gw.checkout_session_retrieve(body["sessionId"])["subscription"]
+    sub_id = gw.checkout_session_retrieve(body["sessionId"]).subscription_id
     # What the webhook handler would do once checkout.session.completed lands (tested by the hooks' suite):
     from billing.services.subscription_sync import subscription_sync
     subscription_sync(stripe_subscription=gw.subscription_retrieve(sub_id), now=timezone.now())
@@ -51,11 +51,11 @@ def test_checkout_creates_customer_once_with_trial_and_metadata(client, owner, s
     assert body["trialDays"] == 7
     org.refresh_from_db()
     customer_id = org.stripe_customer_id
-    assert customer_id and gw.customer_retrieve(customer_id)["metadata"]["orgId"] == str(org.pk)
+    assert customer_id and gw.customer_retrieve(customer_id).metadata["orgId"] == str(org.pk)
     cs = gw.checkout_session_retrieve(body["sessionId"])
-    assert cs["customer"] == customer_id and cs["metadata"] == {"orgId": str(org.pk), "planTier": "pro",
-                                                                "checkoutIntentId": str(body["intentId"])}
-    assert cs["payment_method_collection"] == "if_required"
+    assert cs.customer_id == customer_id and cs.metadata == {"orgId": str(org.pk), "planTier": "pro",
+                                                             "checkoutIntentId": str(body["intentId"])}
+    assert cs.obj["payment_method_collection"] == "if_required"
     # a second start reuses the customer
     status, again = _api(client, "POST", "/api/billing/checkout", {"orgId": str(org.pk), "planTier": "starter"})
     org.refresh_from_db()
@@ -70,7 +70,7 @@ def test_no_second_trial(client, owner, stripe_settings):
     status, body = _api(client, "POST", "/api/billing/checkout", {"orgId": str(org.pk), "planTier": "starter"})
     assert status == 200 and body["trialDays"] == 0
     cs = gw.checkout_session_retrieve(body["sessionId"])
-    assert cs["amount_total"] == 999 and cs["payment_method_collection"] == "always"
+    assert cs.obj["amount_total"] == 999 and cs.obj["payment_method_collection"] == "always"
 
 
 def test_members_cannot_start_checkout_and_bad_plan_is_400(client, owner, stripe_settings):

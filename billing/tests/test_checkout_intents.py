@@ -41,7 +41,7 @@ def test_double_click_reuses_the_open_session_and_webhook_completes_the_intent(c
     intent = CheckoutIntent.objects.get(organization=org)
     assert intent.status == "started" and intent.stripe_checkout_session_id == first["sessionId"]
     assert intent.checkout_url == first["url"] and intent.started_at is not None and intent.trial_days == 7
-    assert gw.checkout_session_retrieve(first["sessionId"])["metadata"]["checkoutIntentId"] == str(intent.pk)
+    assert gw.checkout_session_retrieve(first["sessionId"]).metadata["checkoutIntentId"] == str(intent.pk)
 
     status, second = _checkout(client, org)  # the double click, a minute later or not
     assert status == 200 and second["reused"] is True

@@ -38,7 +38,7 @@ def test_two_tabs_cannot_both_complete_a_trial_checkout(client, owner, stripe_se
     assert status == 200 and starter["trialDays"] == 7
 
     # Tab 1's session is dead at Stripe too, not only in our table.
-    assert gw.checkout_session_retrieve(pro["sessionId"])["status"] == "expired"
+    assert gw.checkout_session_retrieve(pro["sessionId"]).status == "expired"
     with pytest.raises(Exception):  # noqa: B017 - the simulator refuses to complete an expired session
         stripe_settings.sim.complete_checkout(pro["sessionId"], card="")
     stripe_settings.sim.complete_checkout(starter["sessionId"], card="")

@@ -49,7 +49,7 @@ def test_our_portal_offers_no_plan_switch_and_cancels_at_period_end(subscribed_o
     html = _page(url)
     assert 'action="/portal/' in html and "/cancel" in html  # the page is the portal, with its cancel form
     assert not SWITCH_FORM.search(html) and "Switch to" not in html
-    conf = {c["id"]: c for c in gw.billing_portal_configuration_list()}[settings.STRIPE_PORTAL_CONFIGURATION]
+    conf = {c.id: c for c in gw.billing_portal_configuration_list()}[settings.STRIPE_PORTAL_CONFIGURATION].obj
     assert conf["features"]["subscription_update"]["enabled"] is False
     assert (conf["features"]["subscription_cancel"]["mode"],
             conf["features"]["subscription_cancel"]["proration_behavior"]) == ("at_period_end", "none")
@@ -68,8 +68,8 @@ def test_the_simulator_default_portal_does_offer_switching(subscribed_org):
     org, _sub_id = subscribed_org
     session = gw.billing_portal_session_create(customer_id=org.stripe_customer_id, return_url="http://testserver/b",
                                                idempotency_key=f"test-portal-default:{org.pk}")
-    assert session["configuration"] == "bpc_sim_default"
-    html = _page(session["url"])
+    assert session.obj["configuration"] == "bpc_sim_default"
+    html = _page(session.url)
     assert SWITCH_FORM.search(html) and "Switch to" in html
 
 
@@ -79,7 +79,7 @@ def test_configuration_is_found_by_metadata_when_the_setting_is_empty(subscribed
     settings.STRIPE_PORTAL_CONFIGURATION = ""
     url = plan_changes.billing_portal_open(organization=org, now=timezone.now())["url"]
     assert not SWITCH_FORM.search(_page(url))
-    assert ours in {c["id"] for c in gw.billing_portal_configuration_list()}
+    assert ours in {c.id for c in gw.billing_portal_configuration_list()}
 
 
 def test_portal_endpoint_without_a_configuration_is_503(client, stripe_settings, settings):
@@ -88,7 +88,7 @@ def test_portal_endpoint_without_a_configuration_is_503(client, stripe_settings,
     owner = MembershipFactory(role=Role.OWNER)
     org = owner.organization
     org.stripe_customer_id = gw.customer_create(email=None, name=None, metadata={},
-                                                idempotency_key=f"test-portal-503:{org.pk}")["id"]
+                                                idempotency_key=f"test-portal-503:{org.pk}").id
     org.save(update_fields=["stripe_customer_id"])
     client.force_login(owner.user)
     response = client.post("/api/billing/portal", data={"orgId": str(org.pk)}, content_type="application/json")
@@ -100,5 +100,5 @@ def test_stripe_setup_creates_the_configuration_once(stripe_settings, settings, 
     call_command("stripe_setup")
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("STRIPE_PORTAL_CONFIGURATION=")]
     assert lines == [f"STRIPE_PORTAL_CONFIGURATION={settings.STRIPE_PORTAL_CONFIGURATION}"] * 2
-    assert [c["id"] for c in gw.billing_portal_configuration_list() if c["metadata"]] == [
+    assert [c.id for c in gw.billing_portal_configuration_list() if c.metadata] == [
         settings.STRIPE_PORTAL_CONFIGURATION]

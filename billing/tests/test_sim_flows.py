@@ -38,7 +38,7 @@ def _get(url: str) -> tuple[int, str, bytes]:
 
 def _subscription_checkout(env, *, trial: int | None, tier: str = "PRO") -> gw.CheckoutSession:
     cus = gw.customer_create(email="o@example.test", name="Org", metadata={"orgId": "o1"}, idempotency_key="c")
-    return gw.checkout_session_create(mode="subscription", customer_id=cus["id"],
+    return gw.checkout_session_create(mode="subscription", customer_id=cus.id,
                                       price_id=env.prices[f"STRIPE_PRICE_{tier}"],
                                       success_url="http://app.test/ok?session_id={CHECKOUT_SESSION_ID}",
                                       cancel_url="http://app.test/canceled", metadata={"orgId": "o1"},
@@ -53,12 +53,12 @@ def test_checkout_page_completable_by_form_post(stripe_settings):
     assert 'name=card_number' in page and 'id=pay' in page and 'href="http://app.test/canceled"' in page
     status, _, html = _post_form(cs.url, {"card_number": "4000 0000 0000 0002"})
     assert status == 402 and "declined" in html  # the page shows the decline; the session stays open
-    assert gw.checkout_session_retrieve(cs.id)["status"] == "open"
+    assert gw.checkout_session_retrieve(cs.id).status == "open"
     status, headers, _ = _post_form(cs.url, {"card_number": "4242 4242 4242 4242", "email": "o@example.test"})
     assert status == 303 and headers["Location"] == f"http://app.test/ok?session_id={cs.id}"
     done = gw.checkout_session_retrieve(cs.id, expand=["subscription"])
-    assert done["status"] == "complete" and done["subscription"]["status"] == "active"
-    assert done["subscription"]["items"]["data"][0]["price"]["unit_amount"] == 9900
+    assert done.status == "complete" and done.obj["subscription"]["status"] == "active"
+    assert done.obj["subscription"]["items"]["data"][0]["price"]["unit_amount"] == 9900
 
 
 def test_trial_without_card_is_canceled_at_trial_end(stripe_settings):
@@ -66,7 +66,7 @@ def test_trial_without_card_is_canceled_at_trial_end(stripe_settings):
     cs = _subscription_checkout(stripe_settings, trial=7)
     status, headers, _ = _post_form(cs.url, {"card_number": ""})
     assert status == 303
-    sub_id = gw.checkout_session_retrieve(cs.id)["subscription"]
+    sub_id = gw.checkout_session_retrieve(cs.id).subscription_id
     assert gw.subscription_retrieve(sub_id).obj["status"] == "trialing"
     result = sim.advance_clock(5 * 86400)  # crosses trial_end - 3 days
     types = [stripe_calls.event_retrieve(e)["type"] for e in result["events"]]
@@ -80,7 +80,7 @@ def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
     sim = stripe_settings.sim
     cs = _subscription_checkout(stripe_settings, trial=7, tier="STARTER")
     sim.complete_checkout(cs.id, card="4242424242424242")
-    sub_id = gw.checkout_session_retrieve(cs.id)["subscription"]
+    sub_id = gw.checkout_session_retrieve(cs.id).subscription_id
     sim.advance_clock(7 * 86400 + 1)
     sub = gw.subscription_retrieve(sub_id).obj
     assert sub["status"] == "active"
@@ -105,7 +105,7 @@ def test_trial_with_card_becomes_active_and_renews_then_fails(stripe_settings):
     # the hosted invoice page pays it with a good card -> paid, subscription active again
     status, _, html = _post_form(f"{open_invoice['hosted_invoice_url']}/pay", {"card_number": "4242424242424242"})
     assert status == 200 and "paid" in html
-    assert gw.invoice_retrieve(open_invoice["id"])["status"] == "paid"
+    assert gw.invoice_retrieve(open_invoice["id"]).status == "paid"
     assert gw.subscription_retrieve(sub_id).obj["status"] == "active"
     status, ctype, pdf = _get(open_invoice["invoice_pdf"])
     assert status == 200 and ctype == "application/pdf" and pdf.startswith(b"%PDF-")
@@ -115,16 +115,16 @@ def test_portal_page_updates_card_and_cancels(stripe_settings):
     sim = stripe_settings.sim
     cs = _subscription_checkout(stripe_settings, trial=None)
     sim.complete_checkout(cs.id, card="4242424242424242")
-    sub_id = gw.checkout_session_retrieve(cs.id)["subscription"]
+    sub_id = gw.checkout_session_retrieve(cs.id).subscription_id
     cus_id = gw.subscription_retrieve(sub_id).obj["customer"]
     portal = gw.billing_portal_session_create(customer_id=cus_id, return_url="http://app.test/back",
                                               idempotency_key="p")
-    status, _, page = _get(portal["url"])
+    status, _, page = _get(portal.url)
     assert status == 200 and b"4242" in page and b'href="http://app.test/back"' in page
-    status, _, html = _post_form(f"{portal['url']}/card", {"card_number": "5555555555554444"})
+    status, _, html = _post_form(f"{portal.url}/card", {"card_number": "5555555555554444"})
     assert status == 200 and "4444" in html
-    assert gw.payment_method_default(customer_id=cus_id)["card"]["last4"] == "4444"
-    status, _, html = _post_form(f"{portal['url']}/cancel", {"subscription": sub_id})
+    assert gw.payment_method_default(customer_id=cus_id).card_last4 == "4444"
+    status, _, html = _post_form(f"{portal.url}/cancel", {"subscription": sub_id})
     assert status == 200
     assert gw.subscription_retrieve(sub_id).obj["cancel_at_period_end"] is True
 

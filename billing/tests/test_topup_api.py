@@ -239,7 +239,7 @@ def test_success_after_api_response_is_a_no_op_and_overage_is_settled_first(owne
     purchase = topup_purchases.topup_saved_card_purchase(organization_id=org.pk, packs=1, now=now)
     assert purchase.status == "succeeded"
     pi = stripe_gateway.payment_intent_retrieve(purchase.stripe_payment_intent_id)
-    assert topup_purchases.topup_payment_succeeded(stripe_payment_intent=pi, now=now).status == "succeeded"
+    assert topup_purchases.topup_payment_succeeded(stripe_payment_intent=pi.obj, now=now).status == "succeeded"
     b = CreditBalance.objects.get(organization=org)
     assert (b.topup_purchased, b.topup_used, b.overage_credits_owed) == (
         Decimal("500.00"), Decimal("12.50"), Decimal("0.00"))
@@ -260,7 +260,7 @@ def test_insufficient_funds_maps_to_failed(owner_client, topup_sim, now):
             idempotency_key=f"topup:{purchase.pk}", payment_method_id="pm_card_chargeDeclinedInsufficientFunds")
     assert info.value.code == "INSUFFICIENT_FUNDS"
     pi = stripe_gateway.payment_intent_retrieve(info.value.payment_intent_id)
-    topup_purchases.topup_payment_failed(stripe_payment_intent=pi, now=now)
+    topup_purchases.topup_payment_failed(stripe_payment_intent=pi.obj, now=now)
     purchase.refresh_from_db()
     assert (purchase.status, purchase.failure_code) == ("failed", "INSUFFICIENT_FUNDS")
     # a late success for the same row would still win (money taken = credits given), exactly once

@@ -100,7 +100,7 @@ def test_customer_of_a_pending_checkout_of_ours_stays_retryable_then_processes(h
     org = OrganizationFactory()
     MembershipFactory(organization=org)
     customer = gw.customer_create(email="pending@example.test", name=None, metadata={},
-                                  idempotency_key=f"test-pending-customer:{org.pk}")["id"]
+                                  idempotency_key=f"test-pending-customer:{org.pk}").id
     intent = CheckoutIntent.objects.create(organization=org, plan_tier="pro", status="started", open_slot=True,
                                            created_at=now, started_at=now)
     session = gw.checkout_session_create(

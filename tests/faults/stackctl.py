@@ -57,12 +57,12 @@ def cmd_org(a: argparse.Namespace) -> dict:
     if a.card:
         cus = stripe_gateway.customer_create(email=user.email, name=org.name, metadata={"orgId": str(org.pk)},
                                              idempotency_key=f"faults-cus:{org.pk}")
-        pm = stripe_calls.payment_method_attach(payment_method_id=CARDS[a.card], customer_id=cus["id"],
+        pm = stripe_calls.payment_method_attach(payment_method_id=CARDS[a.card], customer_id=cus.id,
                                                   idempotency_key=f"faults-pm:{org.pk}")
-        stripe_calls.customer_set_default_payment_method(customer_id=cus["id"], payment_method_id=pm["id"],
+        stripe_calls.customer_set_default_payment_method(customer_id=cus.id, payment_method_id=pm["id"],
                                                            idempotency_key=f"faults-default:{org.pk}")
-        Organization.objects.filter(pk=org.pk).update(stripe_customer_id=cus["id"])
-        customer_id = cus["id"]
+        Organization.objects.filter(pk=org.pk).update(stripe_customer_id=cus.id)
+        customer_id = cus.id
     if a.auto_topup is not None:
         auto_topup.auto_topup_settings_update(organization_id=org.pk, enabled=False, threshold=a.auto_topup, packs=1,
                                           monthly_cap_packs=10, now=now)
