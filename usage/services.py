@@ -128,8 +128,11 @@ def request_fingerprint(*, org_hex: str, user_id: str, tier: str, agent_id: str 
     """SHA-256 hex of what makes a request the same request for its idempotency key (DESIGN: org,
     user, tier, agent, actionKey). Not agentName, description or metadata: a retry may refresh those
     (timestamps, attempt counters) and is still the same action."""
-    canonical = json.dumps([org_hex, user_id, tier, agent_id, action_key], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # Length-prefixed fields (None apart from ""): unambiguous, and cheaper than json.dumps on the
+    # batch path (1,000 fingerprints per request).
+    canonical = "|".join("-" if v is None else f"{len(str(v))}:{v}"
+                         for v in (org_hex, user_id, tier, agent_id, action_key))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _fingerprint(org_hex: str, action: ActionInput) -> str:
@@ -171,15 +174,15 @@ def _body(charge: ChargeResult) -> dict[str, Any]:
     return body
 
 
-def _row_params(org_hex: str, action: ActionInput, charge: ChargeResult, body: dict | None, now_db) -> list:
+def _row_params(org_hex: str, action: ActionInput, charge: ChargeResult, body: dict | None, now_db,
+                fingerprint: str | None) -> list:
     balance = charge.balance
     return [
         org_hex, action.user_id, action.tier, charge.credits_charged, charge.paid_from,
         TIER_PAYOUT_CENTS[action.tier], action.agent_id, action.agent_name, action.action_key, action.description,
         json.dumps(action.metadata) if action.metadata is not None else None,
         db_datetime(balance.period_start), db_datetime(balance.period_end), action.idempotency_key,
-        _fingerprint(org_hex, action) if action.idempotency_key else None,
-        json.dumps(body) if body is not None else None, now_db,
+        fingerprint, json.dumps(body) if body is not None else None, now_db,
     ]
 
 
@@ -216,7 +219,8 @@ def action_record(*, organization_id: Any, user_id: str, tier: str, now: dt.date
         charge = session.charge(tier)
         body = _body(charge)
         insert = session.add(_INSERT_SQL + _ROW_PLACEHOLDER,
-                             _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now)))
+                             _row_params(org_hex, action, charge, body if idempotency_key else None, db_datetime(now),
+                                         _fingerprint(org_hex, action) if idempotency_key else None))
         session.add(*rollup_statement(org_hex=org_hex, rows=[(action.user_id, tier, charge.credits_charged)], now=now))
         sent = session.send()
     if session.replayed is not None:
@@ -290,7 +294,7 @@ def actions_record_batch(*, organization_id: Any, actions: list[ActionInput], no
                 continue
             body = _body(charge)
             items[i] = {"index": i, "status": 201, **body}
-            params += _row_params(org_hex, action, charge, body if key else None, now_db)
+            params += _row_params(org_hex, action, charge, body if key else None, now_db, prints[i])
             rollup_rows.append((action.user_id, action.tier, charge.credits_charged))
             inserted.append(i)
             if key:
