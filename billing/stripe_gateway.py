@@ -360,7 +360,17 @@ def _snapshot(op: str, fn: Any, *args: Any, **kwargs: Any) -> SubscriptionSnapsh
     except stripe.StripeError as exc:
         raise _map_error(exc, op) from exc
     logger.info("stripe %s ok id=%s", op, getattr(result, "id", None))
+    if _replayed(result):
+        # Stripe answered a repeated idempotency key with the FIRST answer's body, dated now: that body is
+        # not the newest state (events may have come since). Read the subscription afresh instead.
+        logger.info("stripe %s: idempotent replay; reading %s afresh", op, getattr(result, "id", None))
+        return subscription_retrieve(result["id"])
     return SubscriptionSnapshot(obj=result.to_dict(), as_of=_response_time(result))
+
+
+def _replayed(result: Any) -> bool:
+    headers = getattr(getattr(result, "last_response", None), "headers", None) or {}
+    return str(headers.get("Idempotent-Replayed") or headers.get("idempotent-replayed") or "").lower() == "true"
 
 
 def subscription_retrieve(subscription_id: str) -> SubscriptionSnapshot:

@@ -539,12 +539,15 @@ def balance_upgrade_prorated(*, organization_id: Any, from_plan: str, plan_tier:
         raise BillingError(f"unknown plan {plan_tier!r}/{from_plan!r}", code="INVALID_PLAN")
     with transaction.atomic():
         balance = balance_for_update(organization_id=organization_id, now=now)
+        if period_start < balance.period_start:  # older news than the balance's period: never moves back
+            logger.info("balance org=%s: upgrade to %s of an earlier period %s ignored (balance %s)",
+                        balance.organization_id, plan_tier, period_start, balance.period_start)
+            return {t: balance.included(t) for t in TIERS}
         if balance.period_start != period_start:
             logger.info("balance org=%s: upgrade to %s with another period %s (balance %s): full allowance",
                         balance.organization_id, plan_tier, period_start, balance.period_start)
-            if period_start > balance.period_start:
-                _reset_usage(balance)
-                _mark(balance, "period_start", period_start)
+            _reset_usage(balance)
+            _mark(balance, "period_start", period_start)
             _mark(balance, "period_end", period_end)
             _set_included(balance, plan_tier)
             _save_changes(balance, now=now)

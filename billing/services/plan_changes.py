@@ -147,6 +147,12 @@ def subscription_current(*, organization) -> Subscription | None:
             .order_by("-created_at", "-pk").first())
 
 
+def subscription_shown(*, organization) -> Subscription | None:
+    """The subscription the org's pages and status show: the live one, else the newest that ended."""
+    return subscription_current(organization=organization) or (
+        Subscription.objects.filter(organization=organization).order_by("-created_at", "-pk").first())
+
+
 def stripe_customer_ensure(*, organization, email: str | None, now: dt.datetime) -> str:
     """The org's Stripe customer id, creating the customer once. The idempotency key is the org's id,
     so a retry or a concurrent request gets the same customer; the id is recorded with a conditional
@@ -351,8 +357,12 @@ def _plan_change_key(sub: Subscription, *, kind: str, to_price_id: str) -> str:
     (a double click, a retry) maps to one Stripe request; after the row changed (synced), a new
     request gets a new key (Stripe keeps keys for 24 h: a later downgrade -> keep -> downgrade must
     not replay the first answer)."""
-    return (f"{kind}:{sub.stripe_subscription_id}:{sub.stripe_price_id or '-'}->{to_price_id}:"
-            f"{int(sub.updated_at.timestamp() * 1_000_000)}")
+    return f"{kind}:{sub.stripe_subscription_id}:{sub.stripe_price_id or '-'}->{to_price_id}:{_row_state(sub)}"
+
+
+def _row_state(sub: Subscription) -> int:
+    """The row's state in idempotency keys: its last write, in microseconds."""
+    return int(sub.updated_at.timestamp() * 1_000_000)
 
 
 def _price_change(sub: Subscription, *, kind: str, price_id: str, proration_behavior: str,
@@ -393,36 +403,48 @@ def subscription_upgrade(*, organization, plan_tier: str, now: dt.datetime) -> S
                              "/api/billing/subscription/downgrade (takes effect at the period end)",
                              code="NOT_AN_UPGRADE")
     if sub.pending_update_plan_tier and sub.pending_update_expires_at and sub.pending_update_expires_at > now:
-        if sub.pending_update_plan_tier != plan_tier:
-            raise Conflict(f"an upgrade to {sub.pending_update_plan_tier} is waiting for its payment; pay or let "
-                           "it expire first", code="UPGRADE_PENDING",
-                           extra={"planTier": sub.plan_tier, "pendingPlanTier": sub.pending_update_plan_tier,
-                                  "hostedInvoiceUrl": _open_invoice_url(sub) or None})
-    if sub.pending_plan_tier:
+        # One upgrade waits for its payment: pay it (the link) or let it expire; asking again would make
+        # Stripe invoice a second proration for the same change.
+        raise Conflict(f"an upgrade to {PLANS[sub.pending_update_plan_tier].name} is waiting for its payment; pay "
+                       "its invoice or let it expire first", code="UPGRADE_PENDING",
+                       extra={"planTier": sub.plan_tier, "pendingPlanTier": sub.pending_update_plan_tier,
+                              "hostedInvoiceUrl": _open_invoice_url(sub) or None})
+    undone_downgrade = sub.pending_plan_tier
+    if undone_downgrade:  # the proration must start from the plan paid for this period, not the lower price
         sub = subscription_downgrade_cancel(organization=organization, now=now)
     _no_transaction("subscription_upgrade")
-    if sub.cancel_at_period_end:  # Stripe refuses a pending update together with other changes
-        sub = subscription_sync(stripe_subscription=stripe_gateway.subscription_resume(
-            subscription_id=sub.stripe_subscription_id,
-            idempotency_key=f"resume:{sub.stripe_subscription_id}:{int(sub.updated_at.timestamp() * 1_000_000)}"),
-            now=now)
     snap, pending = stripe_gateway.subscription_upgrade_price(
         subscription_id=sub.stripe_subscription_id, price_id=price_id,
         idempotency_key=_plan_change_key(sub, kind="upgrade", to_price_id=price_id))
     synced = subscription_sync(stripe_subscription=snap, now=now)
-    if pending is not None:
-        logger.info("org %s upgrade %s -> %s pending payment (%s, invoice %s)", organization.pk, synced.plan_tier,
-                    plan_tier, pending.code, pending.invoice_id)
-        hint = ("finish the payment on the invoice page" if pending.code == "AUTHENTICATION_REQUIRED"
-                else "pay the invoice with another card")
-        raise UpgradeNotPaid(
-            f"Upgrade to {PLANS[plan_tier].name} not done: {pending.message.rstrip('.')}. You stay on "
-            f"{PLANS[synced.plan_tier].name}; {hint} to complete it.", code=pending.code,
-            extra={"planTier": synced.plan_tier, "pendingPlanTier": plan_tier,
-                   "hostedInvoiceUrl": pending.hosted_invoice_url or None,
-                   "amountDueCents": pending.amount_due_cents,
-                   "expiresAt": stripe_ts(pending.expires_at).isoformat() if pending.expires_at else None})
-    return synced
+    if pending is None:
+        if synced.cancel_at_period_end:  # upgraded and paid: the org stays (as a plan change always did)
+            synced = subscription_sync(stripe_subscription=stripe_gateway.subscription_resume(
+                subscription_id=synced.stripe_subscription_id,
+                idempotency_key=f"resume:{synced.stripe_subscription_id}:{_row_state(synced)}"), now=now)
+        return synced
+    logger.info("org %s upgrade %s -> %s pending payment (%s, invoice %s)", organization.pk, synced.plan_tier,
+                plan_tier, pending.code, pending.invoice_id)
+    hint = ("finish the payment on the invoice page" if pending.code == "AUTHENTICATION_REQUIRED"
+            else "pay the invoice with another card")
+    # Nothing else changes meanwhile, and what did is said: a scheduled cancel stays scheduled; a
+    # scheduled downgrade had to be undone for the proration (Stripe allows no other change while
+    # the upgrade waits).
+    also = ""
+    if synced.cancel_at_period_end and synced.current_period_end:
+        also = f" Your subscription still ends on {synced.current_period_end:%b %-d, %Y}."
+    if undone_downgrade:
+        also += (f" Your scheduled change to {PLANS[undone_downgrade].name} was canceled; schedule it again if "
+                 "you still want it.")
+    raise UpgradeNotPaid(
+        f"Upgrade to {PLANS[plan_tier].name} not done: {pending.message.rstrip('.')}. You stay on "
+        f"{PLANS[synced.plan_tier].name}; {hint} to complete it.{also}", code=pending.code,
+        extra={"planTier": synced.plan_tier, "pendingPlanTier": plan_tier,
+               "hostedInvoiceUrl": pending.hosted_invoice_url or None,
+               "amountDueCents": pending.amount_due_cents,
+               "expiresAt": stripe_ts(pending.expires_at).isoformat() if pending.expires_at else None,
+               "cancelAtPeriodEnd": synced.cancel_at_period_end,
+               "canceledDowngradePlanTier": undone_downgrade or None})
 
 
 def _open_invoice_url(sub: Subscription) -> str:
@@ -474,7 +496,7 @@ def subscription_cancel(*, organization, now: dt.datetime, at_period_end: bool =
         # cancel after the previous one was undone (downgrade, portal) must reach Stripe again, not replay
         # the first answer from Stripe's 24 h idempotency cache (the org would renew while told it ends).
         idempotency_key=(f"cancel:{sub.stripe_subscription_id}:{'period_end' if at_period_end else 'now'}:"
-                         f"{int(sub.updated_at.timestamp() * 1_000_000)}"))
+                         f"{_row_state(sub)}"))
     return subscription_sync(stripe_subscription=snap, now=now)
 
 
@@ -510,6 +532,4 @@ class PlanStatus:
 
 
 def subscription_status(*, organization: Organization) -> PlanStatus:
-    sub = subscription_current(organization=organization) or (
-        Subscription.objects.filter(organization=organization).order_by("-created_at", "-pk").first())
-    return PlanStatus(organization=organization, subscription=sub)
+    return PlanStatus(organization=organization, subscription=subscription_shown(organization=organization))

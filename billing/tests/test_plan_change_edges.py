@@ -168,3 +168,38 @@ def test_dashboard_form_upgrade_needing_3ds_sends_the_holder_to_the_invoice_page
     assert resp.status_code == 302 and resp["Location"].startswith(sim.base_url + "/invoice/")
     org.refresh_from_db()
     assert org.subscription_tier == "starter"
+
+
+def test_declined_upgrade_keeps_a_scheduled_cancel_and_says_so(client, starter_with, stripe_settings):
+    org, sub_id, seen = starter_with(DECLINES_ON_CHARGE)
+    status, body = post_json(client, "/api/billing/subscription/cancel", {"orgId": str(org.pk)})
+    assert status == 200, body
+    replay_sim_events(client, seen)
+    status, body = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "pro"})
+    assert status == 402 and body["error"]["code"] == "CARD_DECLINED", body
+    assert body["cancelAtPeriodEnd"] is True and "still ends on" in body["error"]["message"]
+    replay_sim_events(client, seen)
+    assert gw.subscription_retrieve(sub_id).obj["cancel_at_period_end"] is True  # the cancel was not undone
+    assert Subscription.objects.get(stripe_subscription_id=sub_id).cancel_at_period_end is True
+
+
+def test_asking_again_for_a_waiting_upgrade_does_not_invoice_it_twice(client, starter_with, stripe_settings):
+    org, sub_id, seen = starter_with(NEEDS_AUTH_OFF_SESSION)
+    status, first = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "pro"})
+    assert status == 402, first
+    replay_sim_events(client, seen)
+    invoices = len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id))
+    status, again = post_json(client, "/api/billing/subscription/upgrade", {"orgId": str(org.pk), "planTier": "pro"})
+    assert status == 409 and again["error"]["code"] == "UPGRADE_PENDING", again
+    assert again["hostedInvoiceUrl"] == first["hostedInvoiceUrl"]
+    assert len(stripe_calls.invoice_list(customer_id=org.stripe_customer_id)) == invoices
+
+
+def test_a_replayed_stripe_answer_is_read_afresh_not_taken_as_the_newest_state(starter_with, stripe_settings):
+    org, sub_id, _ = starter_with()
+    first = gw.subscription_cancel(subscription_id=sub_id, at_period_end=True, idempotency_key="t-replay-cancel")
+    assert first.obj["cancel_at_period_end"] is True
+    gw.subscription_resume(subscription_id=sub_id, idempotency_key="t-replay-resume")
+    # The same key again: Stripe replays the first body (cancel_at_period_end: true), dated now.
+    again = gw.subscription_cancel(subscription_id=sub_id, at_period_end=True, idempotency_key="t-replay-cancel")
+    assert again.obj["cancel_at_period_end"] is False and again.as_of >= first.as_of
