@@ -174,7 +174,8 @@ def _queued_messages(request: HttpRequest) -> list[list[Any]]:
 
 def _record(row: RequestIdempotency, request: HttpRequest, response: HttpResponse) -> None:
     now = timezone.now()
-    status = response.status_code
+    # A form post gets a redirect whatever happened: the error it carries decides (see app_error_response).
+    status = getattr(request, "app_error_status", None) or response.status_code
     if status >= 500:
         RequestIdempotency.objects.filter(pk=row.pk).update(
             status=RequestIdempotencyStatus.FAILED, response_status=status, updated_at=now)

@@ -98,6 +98,9 @@ def app_error_response(request: HttpRequest, exc: AppError, *, as_json: bool, re
     """
     if exc.http_status >= 500:
         logger.warning("api error %s %s: %s", request.path, exc.code, exc.message)
+    # What the request's outcome was, also when a browser gets a redirect for it (the idempotency guard
+    # keeps a key of a 5xx retryable and frees one of a refused-as-invalid request by this status).
+    request.app_error_status = exc.http_status
     if as_json:
         return error_response(exc)
     if exc.http_status == 404:

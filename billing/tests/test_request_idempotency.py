@@ -283,6 +283,25 @@ def test_saved_card_form_double_submit_shows_the_first_outcome_and_charges_once(
 
 
 @pytest.mark.django_db
+def test_saved_card_form_resubmitted_after_stripe_was_unavailable_finishes_the_same_purchase(owner_client,
+                                                                                             topup_sim):
+    """The form path keeps the JSON path's rule: an unknown outcome (5xx) does not use the token up."""
+    org = owner_client.org
+    customer_with_card(org, "4242424242424242")
+    topup_sim.control("/_sim/faults", {"mode": "500", "process": True, "path_prefix": "/v1/payment_intents",
+                                       "method": "POST", "count": 1})
+    form = {"org": org.slug, "packs": "1", "useSavedCard": "on", "idempotencyKey": "tok-5xx"}
+    first = owner_client.post(TOPUP, form)
+    assert first.status_code == 302
+    assert not CreditBalance.objects.filter(organization=org, topup_purchased__gt=0).exists()
+    again = owner_client.post(TOPUP, form)
+    assert again.status_code == 302
+    assert "500.00 credits added." in owner_client.get(again["Location"]).content.decode()
+    assert CreditPurchase.objects.filter(organization=org).count() == 1
+    assert len(_charges(org)) == 1 and topup_purchased(org) == Decimal("500.00")
+
+
+@pytest.mark.django_db
 def test_every_money_form_carries_a_fresh_token(owner_client, topup_sim):
     org = owner_client.org
     org.stripe_customer_id = "cus_not_called"
