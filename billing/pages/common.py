@@ -8,6 +8,7 @@ from organizations.models import Organization
 
 from ..models import Subscription
 from ..models.subscriptions import LIVE_SUBSCRIPTION_STATUSES
+from ..services.plan_changes import subscription_shown
 
 # Browser endpoints (JSON + form posts, billing.api_urls) the pages' forms post to.
 CHECKOUT_URL = "/api/billing/checkout"
@@ -23,9 +24,7 @@ TIER_LABELS = {"small": "Small", "medium": "Medium", "large": "Large", "xl": "XL
 
 
 def current_subscription(organization: Organization) -> Subscription | None:
-    subs = Subscription.objects.filter(organization=organization)
-    return (subs.filter(status__in=list(LIVE_SUBSCRIPTION_STATUSES)).order_by("-created_at").first()
-            or subs.order_by("-created_at").first())
+    return subscription_shown(organization=organization)
 
 
 def pending_downgrade(sub: Subscription | None) -> bool:

@@ -15,6 +15,7 @@ from organizations.models import Membership, Organization, SubscriptionStatus
 
 from ..forms import FlagField
 from ..plans import PLANS, TIER_CREDIT_COST, TOPUP_PACK_CREDITS, TOPUP_PACK_PRICE_CENTS, Plan, format_cents
+from ..services.balance_rules import WARN_AT_PERCENT, Warning_, usage_warning
 from ..selectors import AutoTopupSettings, BalanceStatus, BalanceSummary, TierStatus, balance_status, balance_summary
 from ..services.auto_topup import (
     AUTO_TOPUP_CAP_MAX,
@@ -34,8 +35,6 @@ from .common import (
     pending_downgrade,
 )
 
-WARN_PERCENT = 80
-
 
 def _fill(used: int | Decimal, total: int | Decimal) -> tuple[int, str]:
     """(bar width percent 0..100, state ok|warn|full) for `used` of `total`."""
@@ -44,7 +43,7 @@ def _fill(used: int | Decimal, total: int | Decimal) -> tuple[int, str]:
     percent = min(100, int(Decimal(used) * 100 / Decimal(total)))
     if used >= total:
         return 100, "full"
-    if Decimal(used) * 100 >= Decimal(total) * WARN_PERCENT:
+    if Decimal(used) * 100 >= Decimal(total) * WARN_AT_PERCENT:  # the bar turns amber where the warning starts
         return percent, "warn"
     return percent, "ok"
 
@@ -176,7 +175,7 @@ def _warnings(status: BalanceStatus) -> list[str]:
                        f"({s.buffer_left} buffer action{'s' if s.buffer_left != 1 else ''} left)")
         elif s.next_paid_from == "credits":
             out.append(f"{label}: allowance used up, now paid from top-up credits")
-        elif s.next_paid_from == "plan" and included and (included - s.plan_left) * 100 >= WARN_PERCENT * included:
+        elif s.next_paid_from == "plan" and usage_warning(used=included - s.plan_left, included=included) == Warning_.P80:
             out.append(f"{label}: 80 % of the allowance used")
     return out
 
