@@ -53,7 +53,6 @@ from .balance_rules import (
     CheckResult,
     PaidFrom,
     Warning_,
-    auto_topup_due,
     balance_total_remaining,
     buffer_actions,
     credits_exhausted_error,
@@ -377,7 +376,7 @@ def charge_apply(balance: CreditBalance, tier: str, *, now: dt.datetime, emails:
             _email_due(balance, kind=EMAIL_OVERAGE, tier=tier, now=now, due=emails)
     return ChargeResult(tier=tier, paid_from=decision.paid_from, credits_charged=cost, warning=decision.warning,
                         balance=balance, remaining=remaining_by_tier(balance),
-                        topup_remaining=balance.topup_remaining, auto_topup_due=auto_topup_due(balance))
+                        topup_remaining=balance.topup_remaining)
 
 
 def charge_apply_or_block(balance: CreditBalance, tier: str, *, now: dt.datetime, emails: list[DueEmail]

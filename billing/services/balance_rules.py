@@ -60,7 +60,6 @@ class ChargeResult:
     balance: CreditBalance      # the balance after this charge (same object for a batch; read promptly)
     remaining: dict[str, int] = field(default_factory=dict)   # plan actions left per tier, after
     topup_remaining: Decimal = ZERO                           # top-up credits left, after
-    auto_topup_due: bool = False  # enabled and total remaining < threshold (the charge unit triggers it)
 
 
 @dataclass(frozen=True)
